@@ -1,0 +1,62 @@
+"""The registry dataset a node answers with: recorded in its database by version.
+
+The packaged dataset is recorded at init; ``mragw registry use`` records and activates another
+validated file (audited). Every answer carries the active dataset's version.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from importlib import resources
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.audit import record_action
+from gateway.storage.schema import datasets, node_state
+from registry.dataset import parse_dataset
+from registry.resolver import Recogniser
+
+PACKAGED = ("data", "mra-facts.json")
+
+
+def packaged_bytes() -> bytes:
+    return resources.files("registry").joinpath(*PACKAGED).read_bytes()
+
+
+@functools.lru_cache(maxsize=8)
+def recogniser_for(content: bytes) -> Recogniser:
+    """Index a dataset once per process per content (the index is the expensive part)."""
+    return Recogniser(parse_dataset(content, "node dataset"))
+
+
+async def active_recogniser(conn: AsyncConnection) -> Recogniser:
+    content = (
+        await conn.execute(select(datasets.c.content).where(datasets.c.active.is_(True)))
+    ).scalar_one()
+    return recogniser_for(bytes(content))
+
+
+async def use_dataset(conn: AsyncConnection, content: bytes, source: str, actor: str) -> str:
+    """Validate ``content`` (raises DatasetError listing every problem), record and activate it."""
+    dataset = parse_dataset(content, source)
+    await conn.execute(update(datasets).values(active=False))
+    existing = (
+        await conn.execute(select(datasets.c.version).where(datasets.c.version == dataset.version))
+    ).scalar()
+    if existing is None:
+        await conn.execute(
+            datasets.insert().values(
+                version=dataset.version, content=content, added_at=time.time(), active=True
+            )
+        )
+    else:
+        await conn.execute(
+            update(datasets).where(datasets.c.version == dataset.version).values(active=True)
+        )
+    await conn.execute(
+        update(node_state).where(node_state.c.key == "dataset").values(value=node_state.c.value + 1)
+    )
+    await record_action(conn, actor, "registry.use", {"version": dataset.version, "source": source})
+    return dataset.version

@@ -1,0 +1,390 @@
+"""A node: one administration's gateway home directory, its keys and its database.
+
+Home layout (every private key file mode 0600, optionally passphrase-encrypted)::
+
+    mragw.toml                 config (see gateway.config)
+    mragw.db                   SQLite database (default store)
+    keys/root.key              root key: signs trust statements; may be moved offline
+    keys/signing/<id>.key      log signing keys (entries and checkpoints)
+    tls/ca.pem, tls/ca.key     the administration's TLS CA
+    tls/node.pem, node.key     the gateway's certificate: serves partners and dials them
+    tls/admin.pem, admin.key   the CLI's local admin client certificate (OU=admin)
+
+Invariant: the trust statement in the database lists every signing key the node uses, so
+what partners verify and what the node signs with never diverge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from crypto.checkpoint import Checkpoint, sign_checkpoint
+from crypto.envelope import Envelope, envelope_from_json, envelope_to_json
+from crypto.keys import PrivateKeySigner, Scheme, load_private_key, save_private_key
+from crypto.merkle import EMPTY_ROOT, Frontier
+from crypto.pki import (
+    certificate_to_pem,
+    create_ca_certificate,
+    generate_tls_key,
+    issue_client_certificate,
+    issue_server_certificate,
+    load_certificate,
+)
+from gateway.audit import record_action
+from gateway.config import (
+    CONFIG_FILE,
+    SECTIONS,
+    Config,
+    DatabaseSection,
+    KeysSection,
+    NodeSection,
+    ServerSection,
+    build_config,
+    load_config,
+    parse_hostport,
+    write_config,
+)
+from gateway.datasets import packaged_bytes, recogniser_for
+from gateway.errors import InputError
+from gateway.storage.database import create_engine, migrate
+from gateway.storage.schema import datasets, logs, node_state, trust_statements
+from gateway.trust import SigningKey, TrustStatement, log_origin, sign_statement
+
+ADMIN_ROLE = "admin"
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    home: Path
+
+    @property
+    def keys(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def root_key(self) -> Path:
+        return self.keys / "root.key"
+
+    @property
+    def signing_dir(self) -> Path:
+        return self.keys / "signing"
+
+    def signing_key(self, key_id: str) -> Path:
+        return self.signing_dir / f"{key_id}.key"
+
+    @property
+    def tls(self) -> Path:
+        return self.home / "tls"
+
+    def tls_file(self, name: str) -> Path:
+        return self.tls / name
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(tz=dt.UTC)
+
+
+def _passphrase(config: Config) -> bytes | None:
+    if not config.keys.passphrase_file:
+        return None
+    path = Path(config.keys.passphrase_file)
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as error:
+        raise InputError(f"keys.passphrase_file: cannot read {path}: {error.strerror}") from error
+
+
+def default_endpoint(listen: str) -> str:
+    host, port = parse_hostport(listen, "--listen")
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - mapping a wildcard bind to a dialable address
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def initialise_node(
+    *,
+    admin: str,
+    home: Path,
+    listen: str,
+    admin_listen: str,
+    http_listen: str,
+    db_url: str,
+    endpoint: str = "",
+    timezone: str = "UTC",
+    passphrase_file: str = "",
+    signing_algorithm: str = "ed25519",
+    now: dt.datetime | None = None,
+) -> Config:
+    """Create a node: keys, certificates, config, database schema and trust statement v1."""
+    moment = now or now_utc()
+    home = _fresh_home(home)
+    dataset_bytes = packaged_bytes()
+    recogniser = recogniser_for(dataset_bytes)
+    if not recogniser.is_known_code(admin):
+        raise InputError(f"--admin {admin!r}: not an administration code known to the registry")
+    for name, value in (
+        ("--listen", listen),
+        ("--admin-listen", admin_listen),
+        ("--http-listen", http_listen),
+    ):
+        parse_hostport(value, name)
+    config = Config(
+        home=home,
+        node=NodeSection(admin=admin, timezone=timezone),
+        server=ServerSection(
+            listen=listen,
+            admin_listen=admin_listen,
+            http_listen=http_listen,
+            endpoint=endpoint or default_endpoint(listen),
+        ),
+        database=DatabaseSection(url=db_url),
+        keys=KeysSection(passphrase_file=passphrase_file, signing_algorithm=signing_algorithm),
+    )
+    # Validate the whole config (time zone, URL scheme, ...) before writing anything.
+    config = build_config(home, _document(config), environ={})
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    paths = NodePaths(home)
+    for folder in (paths.keys, paths.signing_dir, paths.tls):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+    passphrase = _passphrase(config)
+
+    root = PrivateKeySigner.generate(Scheme.ED25519)
+    save_private_key(root, paths.root_key, passphrase)
+    scheme = Scheme.ED25519 if signing_algorithm == "ed25519" else Scheme.ECDSA_P256_SHA256
+    # Checkpoints must be Ed25519 (C2SP signed notes); entries may use ECDSA P-256.
+    signing = PrivateKeySigner.generate(Scheme.ED25519)
+    save_private_key(signing, paths.signing_key(signing.key_id), passphrase)
+    entry_signer = signing
+    if scheme is not Scheme.ED25519:
+        entry_signer = PrivateKeySigner.generate(scheme)
+        save_private_key(entry_signer, paths.signing_key(entry_signer.key_id), passphrase)
+
+    leaf_days = dt.timedelta(days=config.keys.tls_leaf_days)
+    ca_key = generate_tls_key()
+    ca_cert = create_ca_certificate(admin, ca_key, now=moment)
+    node_key = generate_tls_key()
+    node_cert = issue_server_certificate(
+        ca_cert, ca_key, node_key.public_key, now=moment, validity=leaf_days
+    )
+    admin_key = generate_tls_key()
+    admin_cert = issue_client_certificate(
+        ca_cert, ca_key, admin_key.public_key, now=moment, role=ADMIN_ROLE, validity=leaf_days
+    )
+    for name, key, cert in (
+        ("ca", ca_key, ca_cert),
+        ("node", node_key, node_cert),
+        ("admin", admin_key, admin_cert),
+    ):
+        save_private_key(key, paths.tls_file(f"{name}.key"), passphrase)
+        paths.tls_file(f"{name}.pem").write_bytes(certificate_to_pem(cert))
+
+    keys = [SigningKey(public_key=signing.public_key, valid_from=moment)]
+    if entry_signer is not signing:
+        keys.append(SigningKey(public_key=entry_signer.public_key, valid_from=moment))
+    statement = TrustStatement(
+        admin=admin,
+        version=1,
+        issued=moment,
+        expires=moment + dt.timedelta(days=config.keys.trust_statement_days),
+        endpoint=config.server.endpoint,
+        root_key=root.public_key,
+        tls_ca_pem=certificate_to_pem(ca_cert).decode("ascii"),
+        signing_keys=tuple(keys),
+        origin=log_origin(admin),
+    )
+    envelope = sign_statement(statement, [root])
+    write_config(config)
+
+    engine = create_engine(config.database_url)
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            empty = Checkpoint(origin=statement.log_origin, size=0, root_hash=EMPTY_ROOT)
+            await conn.execute(
+                logs.insert().values(
+                    code=admin,
+                    own=True,
+                    size=0,
+                    root=EMPTY_ROOT,
+                    frontier=Frontier.empty().to_bytes(),
+                    checkpoint=sign_checkpoint(empty, statement.log_origin, signing),
+                    checkpoint_size=0,
+                    lock_seq=0,
+                )
+            )
+            await conn.execute(
+                trust_statements.insert().values(
+                    version=1,
+                    envelope=envelope_to_json(envelope),
+                    created_at=moment.timestamp(),
+                )
+            )
+            await conn.execute(
+                datasets.insert().values(
+                    version=recogniser.version,
+                    content=dataset_bytes,
+                    added_at=moment.timestamp(),
+                    active=True,
+                )
+            )
+            await conn.execute(
+                node_state.insert(),
+                [
+                    {"key": "partners", "value": 0},
+                    {"key": "dataset", "value": 0},
+                ],
+            )
+            await record_action(
+                conn,
+                "init",
+                "node.init",
+                {
+                    "admin": admin,
+                    "root_key": root.key_id,
+                    "signing_keys": [k.key_id for k in keys],
+                    "tls_ca": ca_cert.fingerprint(_sha256()).hex(),
+                },
+            )
+    finally:
+        await engine.dispose()
+    return config
+
+
+def _fresh_home(home: Path) -> Path:
+    resolved = home.resolve()
+    if (resolved / CONFIG_FILE).exists():
+        raise InputError(f"--home {resolved}: a node already lives here")
+    return resolved
+
+
+def _sha256() -> Any:
+    return hashes.SHA256()
+
+
+def _document(config: Config) -> dict[str, Any]:
+    return {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
+
+
+class Node:
+    """A loaded node home: config, key material on demand, and the database engine."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.paths = NodePaths(config.home)
+        self._engine: AsyncEngine | None = None
+
+    @classmethod
+    def open(cls, home: Path, environ: dict[str, str] | None = None) -> Node:
+        return cls(
+            load_config(home.resolve(), environ if environ is not None else dict(os.environ))
+        )
+
+    @property
+    def admin(self) -> str:
+        return self.config.admin
+
+    @property
+    def origin(self) -> str:
+        return log_origin(self.admin)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_engine(self.config.database_url)
+        return self._engine
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @cached_property
+    def passphrase(self) -> bytes | None:
+        return _passphrase(self.config)
+
+    def load_signer(self, key_id: str) -> PrivateKeySigner:
+        path = self.paths.signing_key(key_id)
+        if not path.exists():
+            raise InputError(
+                f"signing key {key_id}: no private key file in {self.paths.signing_dir}"
+            )
+        return load_private_key(path, self.passphrase)
+
+    def root_signer(self) -> PrivateKeySigner:
+        if not self.paths.root_key.exists():
+            raise InputError(f"root key: {self.paths.root_key} is not here (kept offline?)")
+        return load_private_key(self.paths.root_key, self.passphrase)
+
+    def tls_bytes(self, name: str) -> bytes:
+        return self.paths.tls_file(name).read_bytes()
+
+    def tls_private_key_pem(self, name: str) -> bytes:
+        """An unencrypted PEM of a TLS key, for gRPC (held in memory only, never written)."""
+        return load_private_key(self.paths.tls_file(f"{name}.key"), self.passphrase).to_pem()
+
+    def ca_certificate(self) -> Any:
+        return load_certificate(self.tls_bytes("ca.pem"))
+
+    async def trust_chain(self, conn: AsyncConnection, from_version: int = 1) -> list[Envelope]:
+        rows = (
+            (
+                await conn.execute(
+                    select(trust_statements.c.envelope)
+                    .where(trust_statements.c.version >= from_version)
+                    .order_by(trust_statements.c.version)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return [envelope_from_json(bytes(r)) for r in rows]
+
+    async def trust_statement(self, conn: AsyncConnection) -> TrustStatement:
+        row = (
+            await conn.execute(
+                select(trust_statements.c.envelope)
+                .order_by(trust_statements.c.version.desc())
+                .limit(1)
+            )
+        ).scalar_one()
+        return TrustStatement.from_payload(envelope_from_json(bytes(row)).payload)
+
+    async def active_signers(
+        self, conn: AsyncConnection
+    ) -> tuple[PrivateKeySigner, PrivateKeySigner]:
+        """(checkpoint signer, entry signer): the newest valid keys we hold privately."""
+        statement = await self.trust_statement(conn)
+        moment = now_utc()
+        usable = [
+            k
+            for k in statement.signing_keys
+            if k.revoked_at_index is None
+            and k.valid_from <= moment
+            and (k.valid_until is None or moment < k.valid_until)
+            and self.paths.signing_key(k.key_id).exists()
+        ]
+        if not usable:
+            raise InputError("no valid signing key with a private key file on this node")
+        usable.sort(key=lambda k: k.valid_from)
+        ed = [k for k in usable if k.public_key.scheme is Scheme.ED25519]
+        if not ed:
+            raise InputError("no valid Ed25519 signing key for checkpoints on this node")
+        wanted = (
+            Scheme.ED25519
+            if self.config.keys.signing_algorithm == "ed25519"
+            else Scheme.ECDSA_P256_SHA256
+        )
+        entry = [k for k in usable if k.public_key.scheme is wanted] or ed
+        return self.load_signer(ed[-1].key_id), self.load_signer(entry[-1].key_id)

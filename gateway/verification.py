@@ -1,0 +1,102 @@
+"""Entry signatures: verified before an entry is first used, and by a background verifier.
+
+The hot replication path verifies checkpoints and roots only; an entry's own signature is
+checked here, lazily, against the signing keys in the issuer's trust statement. Outcomes are
+stored in ``entries.sig_state``:
+
+- ``valid``: a key of the issuer's trust statement signed it, and the key was not revoked at or
+  before the entry's index;
+- ``revoked``: signed by a key revoked at an index <= this entry's: never used in an answer,
+  but it quarantines nobody (the issuer re-publishes with a valid key);
+- ``invalid``: the signature does not verify or the bytes are not an envelope: never used, and
+  the partner is quarantined, because its log holds something it did not sign.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from crypto.envelope import pae
+from crypto.errors import VerificationError
+from gateway.storage.schema import entries
+from gateway.trust import TrustStatement
+from mra.v1 import envelope_pb2
+
+
+@dataclass(frozen=True)
+class EntryCheck:
+    index: int
+    state: str
+    problem: str | None = None
+
+
+def parse_envelope(envelope: bytes) -> envelope_pb2.Envelope:
+    message = envelope_pb2.Envelope()
+    try:
+        message.ParseFromString(envelope)
+    except DecodeError as error:
+        raise VerificationError(f"entry is not a serialized Envelope: {error}") from error
+    if not message.signatures:
+        raise VerificationError("entry envelope carries no signature")
+    return message
+
+
+def check_entry(index: int, envelope: bytes, statement: TrustStatement) -> EntryCheck:
+    """Decide one entry's state from its exact bytes and the issuer's trust statement."""
+    try:
+        message = parse_envelope(envelope)
+    except VerificationError as error:
+        return EntryCheck(index, "invalid", str(error))
+    message_bytes = pae(message.payload_type, message.payload)
+    revoked_problem: str | None = None
+    for signature in message.signatures:
+        key = statement.signing_key(signature.key_id)
+        if key is None:
+            continue
+        try:
+            key.public_key.verify(signature.sig, message_bytes)
+        except VerificationError as error:
+            return EntryCheck(index, "invalid", f"entry {index}: {error}")
+        if key.revoked_at_index is not None and index >= key.revoked_at_index:
+            revoked_problem = (
+                f"entry {index} signed by key {key.key_id} revoked from index "
+                f"{key.revoked_at_index}"
+            )
+            continue
+        return EntryCheck(index, "valid")
+    if revoked_problem is not None:
+        return EntryCheck(index, "revoked", revoked_problem)
+    return EntryCheck(
+        index,
+        "invalid",
+        f"entry {index}: no signature by a key of {statement.admin}'s trust statement",
+    )
+
+
+async def verify_pending(
+    conn: AsyncConnection,
+    log: str,
+    statement: TrustStatement,
+    indices: Iterable[int] | None = None,
+    limit: int = 5000,
+) -> list[EntryCheck]:
+    """Verify unverified entries of ``log`` (all, or those in ``indices``) and store outcomes."""
+    query = select(entries.c.idx, entries.c.envelope).where(
+        entries.c.log == log, entries.c.sig_state == "unverified"
+    )
+    if indices is not None:
+        query = query.where(entries.c.idx.in_(list(indices)))
+    rows = (await conn.execute(query.order_by(entries.c.idx).limit(limit))).all()
+    checks = [check_entry(r.idx, bytes(r.envelope), statement) for r in rows]
+    for check in checks:
+        await conn.execute(
+            update(entries)
+            .where(entries.c.log == log, entries.c.idx == check.index)
+            .values(sig_state=check.state)
+        )
+    return checks
