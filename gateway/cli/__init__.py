@@ -1,0 +1,1 @@
+"""The ``mragw`` command line."""

@@ -1,0 +1,31 @@
+"""Entry point of ``mragw``: the root Typer app; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="mragw",
+    help="mra-gateway: sign, exchange and check AEO status under Mutual Recognition Arrangements.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported here so each group module can import `app`-free helpers without cycles.
+    from gateway.cli import registry_cmd
+
+    app.add_typer(registry_cmd.app, name="registry")
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
