@@ -17,6 +17,7 @@ import secrets
 from typing import Any
 
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import InputError
 from gateway.records import (
@@ -129,7 +130,7 @@ def content_digest(record: Record, audience: tuple[str, ...] | None = None) -> b
     return hashlib.sha256(encode(record, b"", audience)).digest()
 
 
-def _mapping(message: Any, kind: str) -> dict[str, Any]:
+def message_mapping(message: Any, kind: str) -> dict[str, Any]:
     ids = [
         {"scheme": _SCHEME_NAME.get(i.scheme, "?"), "value": i.value} for i in message.operator_ids
     ]
@@ -183,12 +184,12 @@ def decode(payload_type: str, payload: bytes) -> Record:
         message.ParseFromString(payload)
     except DecodeError as error:
         raise PayloadError(f"{payload_type}: malformed protobuf: {error}") from error
-    if message.UnknownFields():
+    if len(UnknownFieldSet(message)):
         raise PayloadError(f"{payload_type}: carries fields this version does not know")
     if len(message.salt) < SALT_BYTES:
         raise PayloadError(f"{payload_type}: salt shorter than {SALT_BYTES} bytes")
     problems: list[str] = []
-    record = record_from_mapping(_mapping(message, kind), "payload", problems)
+    record = record_from_mapping(message_mapping(message, kind), "payload", problems)
     if record is None:
         raise RecordInputError(problems, "payload")
     return record

@@ -35,19 +35,17 @@ from gateway.datasets import active_recogniser
 from gateway.entitlement import decide
 from gateway.errors import InputError
 from gateway.node import Node
+from gateway.record_index import IndexedEntry, index_records
 from gateway.records import AeoStatusRecord, Record, RecordInputError
 from gateway.storage.schema import (
     disclosure_state,
     entitlements,
     entries,
-    identifiers,
     logs,
     partners,
-    record_feed,
-    records,
 )
 from gateway.storage.tiles import store_append
-from gateway.storage.upsert import insert_ignore, upsert
+from gateway.storage.upsert import upsert
 from mra.v1 import envelope_pb2
 from registry.errors import QuestionError
 from registry.resolver import Recogniser
@@ -154,10 +152,6 @@ def prepare(
         signer=signer.key_id,
         disclosed_to=disclosed_to,
     )
-
-
-def _day_text(value: date | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 class IssuerLog:
@@ -280,7 +274,11 @@ class IssuerLog:
                     for k, e in enumerate(fresh)
                 ],
             )
-            await self._index_records(conn, admin, first, fresh)
+            await index_records(
+                conn,
+                admin,
+                [IndexedEntry(first + k, e.record, e.disclosed_to) for k, e in enumerate(fresh)],
+            )
             if entitlement_rows:
                 await conn.execute(entitlements.insert(), entitlement_rows)
             if changed:
@@ -351,44 +349,3 @@ class IssuerLog:
             for r in rows
             if (r.issuer, r.authorisation, r.aeo_type) in keys
         }
-
-    @staticmethod
-    async def _index_records(
-        conn: AsyncConnection, log: str, first: int, fresh: Sequence[PreparedEntry]
-    ) -> None:
-        record_rows: list[dict[str, Any]] = []
-        id_rows: list[dict[str, Any]] = []
-        for offset, entry in enumerate(fresh):
-            index = first + offset
-            record = entry.record
-            id_rows.extend(
-                {"log": log, "idx": index, "scheme": i.scheme, "value": i.value}
-                for i in record.operator_ids
-            )
-            if isinstance(record, AeoStatusRecord):
-                id_rows.append(
-                    {"log": log, "idx": index, "scheme": "AUTH", "value": record.authorisation}
-                )
-                record_rows.append(
-                    {
-                        "log": log,
-                        "idx": index,
-                        "issuer": record.issuer,
-                        "authorisation": record.authorisation,
-                        "aeo_type": record.aeo_type,
-                        "status": record.status,
-                        "status_date": record.status_date.isoformat(),
-                        "valid_from": _day_text(record.valid_from),
-                        "valid_until": _day_text(record.valid_until),
-                        "consent": record.consent,
-                        "country": record.country,
-                        "name": record.name,
-                        "disclosed_to": entry.disclosed_to,
-                    }
-                )
-        if record_rows:
-            await conn.execute(records.insert(), record_rows)
-            await conn.execute(record_feed.insert(), [
-                {"log": log, "idx": row["idx"]} for row in record_rows])
-        if id_rows:
-            await insert_ignore(conn, identifiers, id_rows, keys=("log", "idx", "scheme", "value"))

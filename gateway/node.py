@@ -212,6 +212,7 @@ async def initialise_node(
         await migrate(engine)
         async with engine.begin() as conn:
             empty = Checkpoint(origin=statement.log_origin, size=0, root_hash=EMPTY_ROOT)
+            note = sign_checkpoint(empty, statement.log_origin, signing)
             await conn.execute(
                 logs.insert().values(
                     code=admin,
@@ -219,8 +220,10 @@ async def initialise_node(
                     size=0,
                     root=EMPTY_ROOT,
                     frontier=Frontier.empty().to_bytes(),
-                    checkpoint=sign_checkpoint(empty, statement.log_origin, signing),
+                    checkpoint=note,
                     checkpoint_size=0,
+                    held_checkpoint=note,
+                    held_size=0,
                     lock_seq=0,
                 )
             )

@@ -44,9 +44,16 @@ logs = Table(
     Column("size", BigInteger, nullable=False, default=0),
     Column("root", LargeBinary(32), nullable=False),
     Column("frontier", LargeBinary, nullable=False),
+    # The latest verified checkpoint (for a partner's log it may be ahead of ``size``) ...
     Column("checkpoint", Text, nullable=True),
     Column("checkpoint_size", BigInteger, nullable=False, default=0),
+    # ... and the latest verified checkpoint of a size this node holds every leaf of: the one
+    # evidence and inclusion proofs point to.
+    Column("held_checkpoint", Text, nullable=True),
+    Column("held_size", BigInteger, nullable=False, default=0),
     Column("verified_at", Float, nullable=True),
+    # Replication bookkeeping for a partner's log: entries received, last batch time.
+    Column("received_at", Float, nullable=True),
     Column("lock_seq", BigInteger, nullable=False, default=0),
 )
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 21:39:55.981535
+Create Date: 2026-11-27 21:48:57.197135
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ def upgrade() -> None:
         sa.Column("frontier", sa.LargeBinary(), nullable=False),
         sa.Column("checkpoint", sa.Text(), nullable=True),
         sa.Column("checkpoint_size", sa.BigInteger(), nullable=False),
+        sa.Column("held_checkpoint", sa.Text(), nullable=True),
+        sa.Column("held_size", sa.BigInteger(), nullable=False),
         sa.Column("verified_at", sa.Float(), nullable=True),
+        sa.Column("received_at", sa.Float(), nullable=True),
         sa.Column("lock_seq", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("code"),
     )

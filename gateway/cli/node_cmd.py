@@ -1,0 +1,258 @@
+"""``mragw init``, ``publish``, ``status``, ``health``, ``serve`` and ``registry use``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from gateway.cli.conventions import command, emit_json, emit_text, say
+from gateway.errors import InputError
+from gateway.node import Node
+
+T = TypeVar("T")
+
+HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        metavar="HOST:PORT",
+        help="Talk to a running gateway's admin API instead of the database.",
+    ),
+]
+
+
+def run_on_node(home: Path, body: Callable[[Node], Awaitable[T]]) -> T:
+    """Open the node, run ``body`` on it, and always dispose of the database engine."""
+
+    async def main() -> T:
+        node = Node.open(home)
+        try:
+            return await body(node)
+        finally:
+            await node.close()
+
+    return asyncio.run(main())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("init")
+    @command
+    def init(
+        admin: Annotated[str, typer.Option("--admin", help="Administration code, e.g. JP or EU.")],
+        home: HomeOption,
+        listen: Annotated[str, typer.Option(help="Partner-facing mTLS listener.")] = "0.0.0.0:7443",
+        admin_listen: Annotated[str, typer.Option(help="Local admin listener.")] = "127.0.0.1:7444",
+        http_listen: Annotated[str, typer.Option(help="Metrics/status HTTP listener.")] = (
+            "127.0.0.1:0"
+        ),
+        db: Annotated[
+            str,
+            typer.Option(
+                "--db",
+                help="Database URL (default: SQLite file in the home); "
+                "postgresql+asyncpg://... for PostgreSQL.",
+            ),
+        ] = "",
+        endpoint: Annotated[
+            str, typer.Option(help="HOST:PORT partners dial (default: derived from --listen).")
+        ] = "",
+        timezone: Annotated[str, typer.Option(help="Time zone for dates like today.")] = "UTC",
+        json_out: JsonOption = False,
+    ) -> None:
+        """Create a node: keys, certificates, config, database and trust statement v1."""
+        from gateway.node import initialise_node
+
+        code = admin.strip().upper()
+        config = asyncio.run(
+            initialise_node(
+                admin=code,
+                home=home,
+                listen=listen,
+                admin_listen=admin_listen,
+                http_listen=http_listen,
+                db_url=db,
+                endpoint=endpoint,
+                timezone=timezone,
+            )
+        )
+        fingerprint = run_on_node(home, _fingerprint)
+        report = {
+            "admin": code,
+            "home": str(config.home),
+            "endpoint": config.server.endpoint,
+            "fingerprint": fingerprint,
+        }
+        if json_out:
+            emit_json(report)
+        else:
+            say(f"initialised {code} in {config.home}")
+            emit_text(f"root key fingerprint: {fingerprint}")
+
+    @app.command("publish")
+    @command
+    def publish(
+        file: Annotated[Path, typer.Argument(help="Records as JSON lines or CSV.")],
+        home: HomeOption,
+        fmt: Annotated[
+            str | None, typer.Option("--format", help="jsonl or csv (default: from the file name).")
+        ] = None,
+        target: TargetOption = None,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Validate a whole file of records, then sign and append them to the log."""
+        from gateway.cli.remote import publish_remote
+        from gateway.issuer_log import IssuerLog
+        from gateway.records import parse_records
+
+        data = _read_input(file)
+
+        async def body(node: Node) -> dict[str, Any]:
+            records = parse_records(
+                data, source=file.name, fmt=fmt, max_records=node.config.limits.max_publish_records
+            )
+            if target:
+                return await publish_remote(node, target, records)
+            result = await IssuerLog(node).publish(records, actor="cli", source=file.name)
+            return result.to_json()
+
+        report = run_on_node(home, body)
+        if json_out:
+            emit_json(report)
+        else:
+            emit_text(
+                f"appended {report['appended']}, duplicates {report['duplicates']}, "
+                f"log size {report['tree_size']}"
+            )
+
+    @app.command("status")
+    @command
+    def status(home: HomeOption, target: TargetOption = None, json_out: JsonOption = False) -> None:
+        """The node's log size and each partner's replication state."""
+        from gateway.cli.remote import running_status
+        from gateway.status import node_status
+
+        async def body(node: Node) -> dict[str, Any]:
+            live = await running_status(node, target)
+            return live if live is not None else await node_status(node)
+
+        report = run_on_node(home, body)
+        if json_out:
+            emit_json(report)
+            return
+        lines = [
+            f"{report['admin']}: log size {report['log_size']}"
+            + (f", http {report['http_url']}" if report.get("http_url") else "")
+        ]
+        for p in report["partners"]:
+            state = (
+                "quarantined"
+                if p["quarantined"]
+                else "suspended"
+                if p["suspended"]
+                else "connected"
+                if p["connected"]
+                else "not connected"
+            )
+            age = p["checkpoint_age_s"]
+            lines.append(
+                f"  {p['admin']}: {state}, {p['entries']} entries, verified size "
+                f"{p['tree_size']}"
+                + (f", checkpoint {age:.0f}s old" if age else "")
+                + (f" ({p['reason']})" if p["reason"] else "")
+            )
+        emit_text("\n".join(lines))
+
+    @app.command("health")
+    @command
+    def health(home: HomeOption, target: TargetOption = None, json_out: JsonOption = False) -> None:
+        """Probe the local admin listener (exit 0 serving, 1 not), as container checks expect."""
+        from gateway.cli.remote import probe_health
+
+        serving, detail = run_on_node(home, lambda node: probe_health(node, target))
+        if json_out:
+            emit_json({"serving": serving, "detail": detail})
+        else:
+            emit_text("SERVING" if serving else f"NOT SERVING: {detail}")
+        if not serving:
+            raise typer.Exit(1)
+
+    @app.command("serve")
+    @command
+    def serve(
+        home: HomeOption,
+        listen: Annotated[str | None, typer.Option(help="Override server.listen.")] = None,
+        admin_listen: Annotated[
+            str | None, typer.Option(help="Override server.admin_listen.")
+        ] = None,
+        http_listen: Annotated[
+            str | None, typer.Option(help="Override server.http_listen.")
+        ] = None,
+    ) -> None:
+        """Run the gateway until SIGTERM or SIGINT."""
+        from gateway.serve import run_gateway
+
+        overrides = {
+            k: v
+            for k, v in (
+                ("listen", listen),
+                ("admin_listen", admin_listen),
+                ("http_listen", http_listen),
+            )
+            if v
+        }
+        asyncio.run(run_gateway(home, overrides))
+
+    registry_use(app)
+
+
+def registry_use(app: typer.Typer) -> None:
+    from gateway.cli import registry_cmd
+
+    @registry_cmd.app.command("use")
+    @command
+    def use(
+        file: Annotated[Path, typer.Argument(help="A registry dataset (mra-facts.json format).")],
+        home: HomeOption,
+        json_out: JsonOption = False,
+    ) -> None:
+        """Validate a dataset file and make it the one this node answers with (audited)."""
+        from gateway.datasets import use_dataset
+
+        data = _read_input(file)
+
+        async def body(node: Node) -> str:
+            async with node.engine.begin() as conn:
+                return await use_dataset(conn, data, str(file), actor="cli")
+
+        version = run_on_node(home, body)
+        if json_out:
+            emit_json({"dataset": version, "file": str(file)})
+        else:
+            emit_text(f"now answering with dataset {version}")
+
+
+async def _fingerprint(node: Node) -> str:
+    async with node.engine.connect() as conn:
+        return (await node.trust_statement(conn)).root_fingerprint
+
+
+MAX_INPUT_BYTES = 512 * 1024 * 1024
+
+
+def _read_input(file: Path) -> bytes:
+    try:
+        size = file.stat().st_size
+    except OSError as error:
+        raise InputError(f"{file}: {error.strerror}") from error
+    if size > MAX_INPUT_BYTES:
+        raise InputError(f"{file}: larger than {MAX_INPUT_BYTES} bytes")
+    return file.read_bytes()
+
+
+__all__ = ["register", "run_on_node"]

@@ -1,0 +1,230 @@
+"""The partner-facing exchange, transport-neutral: what a partner may read of our log.
+
+Invariants:
+- A partner receives an entry's envelope only when it was entitled to it at append time
+  (``entitlements``); otherwise, and for erased entries, only the leaf hash. Either way it can
+  recompute every root, so nothing can be withheld or rewritten unnoticed.
+- Every batch ends at a size s and carries the latest checkpoint (size S >= s) and a
+  consistency proof from s to S, so the receiver verifies and commits each batch on its own.
+- Entries below the head are immutable, so batches read outside the append lock are stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.errors import InputError
+from gateway.node import Node
+from gateway.storage.schema import entitlements, entries, logs, trust_statements
+from gateway.storage.tiles import consistency_proof, inclusion_proof
+
+MAX_BATCH_ENTRIES = 1000
+
+
+class OutOfRangeError(InputError):
+    """An index or size beyond the log's current size."""
+
+
+@dataclass(frozen=True)
+class LogItem:
+    """One entry as a partner sees it: the envelope, or ``None`` and the leaf hash only."""
+
+    envelope: bytes | None
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class Batch:
+    start: int
+    items: tuple[LogItem, ...]
+    checkpoint: str
+    checkpoint_size: int
+    consistency: tuple[bytes, ...]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.items)
+
+
+@dataclass(frozen=True)
+class Head:
+    size: int
+    checkpoint: str
+
+
+class LogWatcher:
+    """Wakes live-tail subscribers when the log grows.
+
+    Appends made in this process call :meth:`notify`; appends by other processes (the CLI, other
+    replicas) are seen by polling the head row every ``interval`` seconds.
+    """
+
+    def __init__(self, engine: AsyncEngine, log: str, interval: float) -> None:
+        self._engine = engine
+        self._log = log
+        self._interval = interval
+        self._changed = asyncio.Condition()
+        self._size = -1
+
+    async def head(self) -> Head:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(logs.c.size, logs.c.checkpoint).where(logs.c.code == self._log)
+                )
+            ).one()
+        return Head(int(row.size), row.checkpoint or "")
+
+    async def notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def run(self) -> None:
+        while True:
+            head = await self.head()
+            if head.size != self._size:
+                self._size = head.size
+                await self.notify()
+            await asyncio.sleep(self._interval)
+
+    async def wait_beyond(self, size: int, patience_s: float) -> None:
+        """Return when the log may have grown past ``size``, or after ``patience_s`` seconds."""
+        if self._size > size:
+            return
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), patience_s)
+
+
+class ExchangeHandler:
+    def __init__(self, node: Node, watcher: LogWatcher, *, heartbeat_s: float = 10.0) -> None:
+        self.node = node
+        self.watcher = watcher
+        self.heartbeat_s = heartbeat_s
+        self.batch_entries = node.config.limits.batch_entries
+        # Leave room for the checkpoint, proof and framing inside one gRPC message.
+        self.batch_bytes = max(16 * 1024, node.config.limits.max_message_bytes // 2)
+
+    async def head(self) -> Head:
+        return await self.watcher.head()
+
+    async def _batch(self, partner: str, start: int, limit: int, head: Head) -> Batch:
+        end = min(start + limit, head.size)
+        admin = self.node.admin
+        async with self.node.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(entries.c.idx, entries.c.leaf_hash, entries.c.envelope)
+                    .where(entries.c.log == admin, entries.c.idx >= start, entries.c.idx < end)
+                    .order_by(entries.c.idx)
+                )
+            ).all()
+            allowed = set(
+                (
+                    await conn.execute(
+                        select(entitlements.c.idx).where(
+                            entitlements.c.partner == partner,
+                            entitlements.c.idx >= start,
+                            entitlements.c.idx < end,
+                        )
+                    )
+                ).scalars()
+            )
+            items: list[LogItem] = []
+            used = 0
+            for row in rows:
+                envelope = (
+                    bytes(row.envelope)
+                    if (row.envelope is not None and row.idx in allowed)
+                    else None
+                )
+                used += len(envelope) if envelope is not None else 32
+                items.append(LogItem(envelope, bytes(row.leaf_hash)))
+                if used >= self.batch_bytes:
+                    break
+            if start < end and (not rows or rows[0].idx != start):  # pragma: no cover
+                raise RuntimeError(f"log {admin} has no entry {start} below its head")
+            batch_end = start + len(items)
+            proof = await consistency_proof(conn, admin, batch_end, head.size)
+        return Batch(start, tuple(items), head.checkpoint, head.size, tuple(proof))
+
+    async def subscribe(
+        self, partner: str, from_index: int, *, max_batch: int = 0, catch_up_only: bool = False
+    ) -> AsyncIterator[Batch]:
+        """Catch-up from ``from_index``, then (unless ``catch_up_only``) the live tail."""
+        limit = min(max_batch or self.batch_entries, self.batch_entries, MAX_BATCH_ENTRIES)
+        head = await self.head()
+        if from_index > head.size:
+            raise OutOfRangeError(f"from_index {from_index} is beyond the log size {head.size}")
+        cursor = from_index
+        target = head.size
+        if cursor == head.size:
+            # Nothing to catch up on: answer at once with the signed head, so the subscriber
+            # verifies it (and knows it is connected) without waiting for the first heartbeat.
+            yield Batch(cursor, (), head.checkpoint, head.size, ())
+        while True:
+            while cursor < head.size:
+                batch = await self._batch(partner, cursor, limit, head)
+                cursor = batch.end
+                yield batch
+            if catch_up_only and cursor >= target:
+                return
+            await self.watcher.wait_beyond(cursor, self.heartbeat_s)
+            head = await self.head()
+            if head.size == cursor:
+                # Nothing new: a heartbeat carrying the latest checkpoint keeps the stream
+                # alive through idle proxies and lets the partner see we are alive.
+                yield Batch(cursor, (), head.checkpoint, head.size, ())
+
+    async def inclusion(self, index: int, tree_size: int | None) -> tuple[int, list[bytes]]:
+        head = await self.head()
+        size = head.size if tree_size is None else tree_size
+        if size > head.size or index >= size or index < 0:
+            raise OutOfRangeError(f"leaf {index} at tree size {size}: log size is {head.size}")
+        async with self.node.engine.connect() as conn:
+            return size, await inclusion_proof(conn, self.node.admin, index, size)
+
+    async def consistency(self, old_size: int, new_size: int | None) -> tuple[int, list[bytes]]:
+        head = await self.head()
+        size = head.size if new_size is None else new_size
+        if size > head.size or old_size > size or old_size < 0:
+            raise OutOfRangeError(f"consistency {old_size} -> {size}: log size is {head.size}")
+        async with self.node.engine.connect() as conn:
+            return size, await consistency_proof(conn, self.node.admin, old_size, size)
+
+    async def trust_statements(self, from_version: int | None) -> list[bytes]:
+        """The current statement, or the chain from ``from_version`` to the current one."""
+        async with self.node.engine.connect() as conn:
+            if from_version is None:
+                rows = (
+                    (
+                        await conn.execute(
+                            select(trust_statements.c.envelope)
+                            .order_by(trust_statements.c.version.desc())
+                            .limit(1)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            else:
+                rows = (
+                    (
+                        await conn.execute(
+                            select(trust_statements.c.envelope)
+                            .where(trust_statements.c.version >= from_version)
+                            .order_by(trust_statements.c.version)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+        if not rows:
+            raise OutOfRangeError(f"no trust statement from version {from_version}")
+        return [bytes(r) for r in rows]

@@ -1,0 +1,153 @@
+"""``mragw serve``: wire the domain handlers, servicers, replicators and jobs into one process.
+
+Background work of a running gateway:
+- the replication manager: one replicator per pinned, active partner;
+- the log watcher: wakes live-tail subscribers when the log grows (also from other processes);
+- the disclosure job: at start, after partner or dataset changes, and daily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.config import Config, build_config
+from gateway.disclosure import disclose
+from gateway.exchange import ExchangeHandler, LogWatcher
+from gateway.node import Node
+from gateway.query import Checker
+from gateway.replicator import GrpcTransport, ReplicationManager, Transport
+from gateway.server.app import GatewayServer
+from gateway.server.identity import current_local_peer, current_partner
+from gateway.server.tls import partner_channel
+from gateway.services.admin_service import AdminServicer
+from gateway.services.exchange_service import ExchangeServicer
+from gateway.services.query_service import QueryServicer
+from gateway.status import node_status
+from gateway.storage.database import ping
+from gateway.storage.schema import node_state
+
+log = logging.getLogger("mragw.serve")
+
+DISCLOSURE_PERIOD_S = 24 * 3600.0
+
+
+def with_overrides(node: Node, overrides: Mapping[str, str]) -> Node:
+    if not overrides:
+        return node
+    server = dataclasses.replace(node.config.server, **dict[str, Any](overrides))
+    config: Config = dataclasses.replace(node.config, server=server)
+    # Re-validate: an override is input like any other.
+    build_config(
+        config.home,
+        {
+            name: dataclasses.asdict(getattr(config, name))
+            for name in ("node", "server", "database", "limits", "replication", "keys")
+        },
+        {},
+    )
+    return Node(config)
+
+
+class Gateway:
+    """One administration's running gateway (in this process)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.watcher = LogWatcher(
+            node.engine, node.admin, min(0.1, node.config.replication.poll_interval_s)
+        )
+        self.exchange = ExchangeHandler(node, self.watcher)
+        self.checker = Checker.for_node(node)
+        self.replication = ReplicationManager(node, self.open_transport)
+        self.server = GatewayServer(
+            node,
+            exchange=ExchangeServicer(self.exchange, self._partner_code),
+            query=QueryServicer(self.checker),
+            admin=AdminServicer(node, self._actor, self.status, on_publish=self._published),
+            status=self.status,
+            background={
+                "log-watcher": self.watcher.run,
+                "replication": self.replication.run,
+                "disclosure": self.disclosure_job,
+            },
+        )
+
+    @staticmethod
+    async def _partner_code(_context: Any) -> str:
+        return current_partner().code
+
+    @staticmethod
+    async def _actor(_context: Any) -> str:
+        return current_local_peer().actor
+
+    async def _published(self) -> None:
+        await self.watcher.notify()
+        self.checker.notify()
+
+    def _connected(self, code: str) -> bool:
+        status = self.replication.status(code)
+        return bool(status and status.connected)
+
+    async def status(self) -> dict[str, Any]:
+        return await node_status(
+            self.node,
+            self._connected,
+            self.server.listeners.http_url if self.server.serving else None,
+        )
+
+    @asynccontextmanager
+    async def open_transport(self, row: Any) -> AsyncIterator[Transport]:
+        channel = partner_channel(self.node, row.code, row.endpoint, row.ca_pem)
+        try:
+            yield GrpcTransport(channel, batch_entries=self.node.config.limits.batch_entries)
+        finally:
+            await channel.close(None)
+
+    async def disclosure_job(self) -> None:
+        """Disclose at start, whenever partners or the dataset change, and once a day."""
+        seen: tuple[int, int] | None = None
+        last_run = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            async with self.node.engine.connect() as conn:
+                rows = dict(
+                    (await conn.execute(select(node_state.c.key, node_state.c.value)))
+                    .tuples()
+                    .all()
+                )
+            current = (int(rows.get("partners", 0)), int(rows.get("dataset", 0)))
+            if current != seen or loop.time() - last_run > DISCLOSURE_PERIOD_S:
+                seen, last_run = current, loop.time()
+                try:
+                    appended = await disclose(self.node, actor="disclosure-job")
+                except Exception:  # a failed run must not stop the gateway; retried next time
+                    log.exception("disclosure job failed")
+                    seen = None
+                else:
+                    if appended:
+                        await self._published()
+            await asyncio.sleep(self.node.config.replication.poll_interval_s)
+
+    async def run(self) -> None:
+        await ping(self.node.engine)
+        await self.server.run()
+
+
+async def run_gateway(home: Path, overrides: Mapping[str, str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    node = with_overrides(Node.open(home), overrides)
+    gateway = Gateway(node)
+    try:
+        await gateway.run()
+    finally:
+        with contextlib.suppress(Exception):
+            await node.close()

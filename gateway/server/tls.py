@@ -1,0 +1,201 @@
+"""gRPC TLS credentials: the partner listener, the admin listener, and the channels that dial.
+
+One credential model (DESIGN.md "Keys and trust"): every caller presents a client
+certificate. The TLS layer only filters *which CAs may complete a handshake*; who the caller is
+is decided afterwards, per call, by :mod:`gateway.server.identity`, against the one CA pinned
+for the administration the certificate names.
+
+Partner listener:
+- ``require_client_auth`` with the CAs of every pinned partner as client roots, served through
+  ``grpc.dynamic_ssl_server_credentials`` so partners pinned or removed while running take
+  effect on the next handshake without a restart. The fetcher runs on a gRPC C-core thread at
+  each handshake: it only compares a generation number on the in-memory snapshot and never
+  touches the database or the event loop; it returns None ("unchanged") almost always.
+- Suspended and quarantined partners stay in the client-CA set, so they get a precise gRPC
+  status (PERMISSION_DENIED "suspended") instead of an opaque handshake failure.
+- With no partner pinned the client-CA set is a throwaway CA whose key nobody holds: the
+  listener starts, every handshake fails, and the first ``partner add`` opens it.
+- Removing a CA from the set does not close connections that were already established; the
+  per-call identity check, which reads the current snapshot, rejects their next call.
+
+Admin listener: the node's own CA is the only client root; roles come from the certificate OU.
+
+Channels: a gateway dials a partner by address and checks the partner's certificate against
+the name ``<code lower>.mragw`` (``grpc.ssl_target_name_override``) and against that partner's
+CA only, presenting ``tls/node.pem``; the CLI dials the local admin listener with
+``tls/admin.pem`` and the node's own CA. gRPC wants unencrypted PEM keys in memory, so keys come
+from :meth:`Node.tls_private_key_pem` (decrypted in memory, never written).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from crypto.pki import dns_name_for
+from gateway.config import LimitsSection
+from gateway.node import Node
+from gateway.server.pinned import PinnedPartners, PinnedPartnerStore
+
+log = logging.getLogger(__name__)
+
+ChannelOption = tuple[str, Any]
+
+# Long-lived Subscribe streams sit idle between appends; keepalive pings find a dead peer (a
+# cut network, a crashed partner) in about a minute instead of at the next TCP timeout.
+_KEEPALIVE_TIME_MS = 30_000
+_KEEPALIVE_TIMEOUT_MS = 20_000
+# The server must allow the client's pings, or it answers GOAWAY "too_many_pings".
+_MIN_PING_INTERVAL_MS = 10_000
+
+
+def server_options(limits: LimitsSection) -> list[ChannelOption]:
+    """Options for both gRPC servers.
+
+    Message size limits make gRPC itself refuse an oversized message with RESOURCE_EXHAUSTED
+    before any of our code sees it. ``so_reuseport`` is off so that a second gateway on the same
+    port fails to start instead of silently sharing (gRPC enables it by default on Linux).
+    """
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", _MIN_PING_INTERVAL_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def channel_options(limits: LimitsSection, server_code: str) -> list[ChannelOption]:
+    """Options for a channel to a gateway of ``server_code``: name check and limits."""
+    return [
+        # Dial by address, check the certificate against <code>.mragw (DESIGN.md).
+        ("grpc.ssl_target_name_override", dns_name_for(server_code)),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class _PartnerCertificateFetcher:
+    """Called by gRPC at each handshake; answers from the snapshot only (see module doc)."""
+
+    def __init__(self, store: PinnedPartnerStore, key_pem: bytes, cert_pem: bytes) -> None:
+        self._store = store
+        self._pair = (key_pem, cert_pem)
+        self._served = -1
+
+    def configuration(self, snapshot: PinnedPartners) -> grpc.ServerCertificateConfiguration:
+        roots = snapshot.client_ca_pem or self._store.placeholder_ca_pem()
+        return grpc.ssl_server_certificate_configuration([self._pair], root_certificates=roots)
+
+    def initial(self) -> grpc.ServerCertificateConfiguration:
+        snapshot = self._store.current
+        self._served = snapshot.generation
+        return self.configuration(snapshot)
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            snapshot = self._store.current
+            if snapshot.generation == self._served:
+                return None
+            config = self.configuration(snapshot)
+            self._served = snapshot.generation
+        except Exception:
+            # Raising here would only make gRPC log and keep the old set; say why instead.
+            log.exception("building the partner TLS configuration failed; keeping the old one")
+            return None
+        return config
+
+
+def partner_server_credentials(node: Node, store: PinnedPartnerStore) -> grpc.ServerCredentials:
+    """Credentials for the partner listener (see the module docstring)."""
+    fetcher = _PartnerCertificateFetcher(
+        store, node.tls_private_key_pem("node"), node.tls_bytes("node.pem")
+    )
+    return grpc.dynamic_ssl_server_credentials(
+        fetcher.initial(),
+        fetcher,  # type: ignore[arg-type]  # gRPC documents None as "unchanged"; stubs omit it
+        require_client_authentication=True,
+    )
+
+
+def admin_server_credentials(node: Node) -> grpc.ServerCredentials:
+    """Credentials for the admin listener: node certificate, own CA as the only client root."""
+    return grpc.ssl_server_credentials(
+        [(node.tls_private_key_pem("node"), node.tls_bytes("node.pem"))],
+        root_certificates=node.tls_bytes("ca.pem"),
+        require_client_auth=True,
+    )
+
+
+def mtls_channel(
+    target: str,
+    *,
+    server_code: str,
+    root_pem: bytes,
+    key_pem: bytes,
+    cert_pem: bytes,
+    limits: LimitsSection,
+    options: Sequence[ChannelOption] = (),
+) -> grpc.aio.Channel:
+    """A secure channel to ``target`` presenting ``cert_pem`` and trusting only ``root_pem``.
+
+    The building block of :func:`partner_channel` and :func:`local_channel`; tests and the
+    hostile test partner use it to present other certificates.
+    """
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_pem, private_key=key_pem, certificate_chain=cert_pem
+    )
+    return grpc.aio.secure_channel(
+        target, credentials, options=[*channel_options(limits, server_code), *options]
+    )
+
+
+def partner_channel(
+    node: Node,
+    partner_code: str,
+    endpoint: str,
+    partner_ca_pem: str | bytes,
+    *,
+    options: Sequence[ChannelOption] = (),
+) -> grpc.aio.Channel:
+    """A channel to a partner's gateway at ``endpoint``, as this node (``tls/node.pem``)."""
+    root = partner_ca_pem.encode("ascii") if isinstance(partner_ca_pem, str) else partner_ca_pem
+    return mtls_channel(
+        endpoint,
+        server_code=partner_code,
+        root_pem=root,
+        key_pem=node.tls_private_key_pem("node"),
+        cert_pem=node.tls_bytes("node.pem"),
+        limits=node.config.limits,
+        options=options,
+    )
+
+
+def local_channel(
+    node: Node,
+    target: str,
+    *,
+    client: str = "admin",
+    options: Sequence[ChannelOption] = (),
+) -> grpc.aio.Channel:
+    """A channel to this node's admin listener at ``target`` (the CLI's ``--target``).
+
+    ``client`` names the certificate pair under ``tls/`` to present (``admin`` by default).
+    """
+    return mtls_channel(
+        target,
+        server_code=node.admin,
+        root_pem=node.tls_bytes("ca.pem"),
+        key_pem=node.tls_private_key_pem(client),
+        cert_pem=node.tls_bytes(f"{client}.pem"),
+        limits=node.config.limits,
+        options=options,
+    )

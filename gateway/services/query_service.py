@@ -1,0 +1,275 @@
+"""QueryService: Check, CheckMany and Watch over :class:`gateway.query.Checker`.
+
+A thin edge (the a2a-python handler style): requests become :class:`~gateway.query.Question`
+values, answers become ``CheckResponse`` messages field by field (the ``mragw check --json``
+document), and our errors become gRPC status codes through one table. Who may call is decided
+by the server layer (client certificate and role), never here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, NoReturn
+
+import grpc
+
+from crypto.errors import CryptoError
+from gateway.errors import GatewayError
+from gateway.query import (
+    MAX_QUESTIONS,
+    BadQuestionError,
+    Change,
+    CheckAnswer,
+    Checker,
+    Evidence,
+    Question,
+    TypeAnswer,
+    UnknownSequenceError,
+    WatchFilter,
+)
+from gateway.services.errors import STATUS_FOR
+from mra.v1 import log_pb2, query_pb2, query_pb2_grpc, records_pb2
+from registry.errors import RegistryError
+from registry.resolver import Reason
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# The shared table, with what only this service raises first (first match wins).
+QUERY_STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (UnknownSequenceError, grpc.StatusCode.OUT_OF_RANGE),
+    *STATUS_FOR,
+)
+_OURS = (GatewayError, RegistryError, CryptoError)
+
+_SCHEME_NAME = {
+    records_pb2.OPERATOR_ID_SCHEME_EORI: "EORI",
+    records_pb2.OPERATOR_ID_SCHEME_MID: "MID",
+    records_pb2.OPERATOR_ID_SCHEME_TIN: "TIN",
+    records_pb2.OPERATOR_ID_SCHEME_NATIONAL: "NATIONAL",
+    records_pb2.OPERATOR_ID_SCHEME_AUTH: "AUTH",
+}
+_SCHEME = {name: value for value, name in _SCHEME_NAME.items()}
+_MODE_NAME = {
+    query_pb2.TRANSPORT_MODE_ROAD: "road",
+    query_pb2.TRANSPORT_MODE_AIR: "air",
+    query_pb2.TRANSPORT_MODE_SEA: "sea",
+    query_pb2.TRANSPORT_MODE_RAIL: "rail",
+}
+_STATUS = {
+    name: getattr(records_pb2, f"AUTHORISATION_STATUS_{name}")
+    for name in ("ACTIVE", "SUSPENDED", "REVOKED", "ANNULLED", "WITHDRAWN", "CONSENT_WITHDRAWN")
+}
+_CERTAINTY = {
+    "confirmed": query_pb2.CERTAINTY_CONFIRMED,
+    "uncertain": query_pb2.CERTAINTY_UNCERTAIN,
+}
+
+
+def status_for(error: BaseException) -> grpc.StatusCode | None:
+    for kind, code in QUERY_STATUS_FOR:
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+async def _abort(context: Context, error: Exception) -> NoReturn:
+    code = status_for(error)
+    if code is None:
+        raise error
+    await context.abort(code, str(error))
+    raise AssertionError("unreachable")  # pragma: no cover - abort always raises
+
+
+# --- protobuf -> domain ---------------------------------------------------------------------
+
+
+def question_from_request(request: query_pb2.CheckRequest, position: int | None = None) -> Question:
+    """The question a request asks; an enum value this version does not know is a bad one."""
+    scheme: str | None = None
+    if request.scheme != records_pb2.OPERATOR_ID_SCHEME_UNSPECIFIED:
+        scheme = _SCHEME_NAME.get(request.scheme)
+        if scheme is None:
+            raise BadQuestionError(f"scheme {request.scheme}: unknown", position=position)
+    mode: str | None = None
+    if request.mode != query_pb2.TRANSPORT_MODE_UNSPECIFIED:
+        mode = _MODE_NAME.get(request.mode)
+        if mode is None:
+            raise BadQuestionError(f"mode {request.mode}: unknown", position=position)
+    return Question(
+        operator_id=request.operator_id,
+        issuer=request.issuer,
+        scheme=scheme,
+        type=request.type if request.HasField("type") else None,
+        at=request.at if request.HasField("at") else None,
+        mode=mode,
+        strict=request.strict,
+        evidence=request.evidence,
+    )
+
+
+def filter_from_request(request: query_pb2.WatchRequest) -> WatchFilter:
+    return WatchFilter(
+        issuers=tuple(request.issuers),
+        operator_ids=tuple(request.operator_ids),
+        types=tuple(request.types),
+    )
+
+
+# --- domain -> protobuf ---------------------------------------------------------------------
+
+
+def _reason(reason: Reason) -> query_pb2.Reason:
+    message = query_pb2.Reason(code=reason.code, detail=reason.detail)
+    if reason.arrangement is not None:
+        message.arrangement = reason.arrangement
+    return message
+
+
+def _evidence(evidence: Evidence) -> query_pb2.Evidence:
+    return query_pb2.Evidence(
+        entry=evidence.entry or b"",
+        leaf_index=evidence.leaf_index,
+        inclusion_proof=log_pb2.InclusionProof(
+            leaf_index=evidence.leaf_index,
+            tree_size=evidence.tree_size,
+            hashes=list(evidence.proof),
+        ),
+        checkpoint=log_pb2.Checkpoint(note=(evidence.checkpoint or "").encode("utf-8")),
+    )
+
+
+def _type_answer(answer: TypeAnswer) -> query_pb2.TypeAnswer:
+    message = query_pb2.TypeAnswer(
+        type=answer.type,
+        recognised=answer.recognised,
+        arrangements=list(answer.arrangements),
+        programme=answer.programme or "",
+        reasons=[_reason(r) for r in answer.reasons],
+        warnings=list(answer.warnings),
+        certainty=_CERTAINTY.get(answer.certainty or "", query_pb2.CERTAINTY_UNSPECIFIED),
+    )
+    record = answer.record
+    if record is not None:
+        message.status = _STATUS.get(record.status, records_pb2.AUTHORISATION_STATUS_UNSPECIFIED)
+        message.authorisation = record.authorisation
+        message.status_date = record.status_date
+        if record.valid_from is not None:
+            message.valid_from = record.valid_from
+        if record.valid_until is not None:
+            message.valid_until = record.valid_until
+    # Evidence that is unavailable stays unset; the type's warnings say why.
+    if answer.evidence is not None and answer.evidence.available:
+        message.evidence.CopyFrom(_evidence(answer.evidence))
+    return message
+
+
+def response_from_answer(answer: CheckAnswer) -> query_pb2.CheckResponse:
+    message = query_pb2.CheckResponse(
+        recognised=answer.recognised,
+        issuer=answer.issuer,
+        at=answer.at.isoformat(),
+        reasons=[_reason(r) for r in answer.reasons],
+        types=[_type_answer(t) for t in answer.types],
+        dataset=answer.dataset,
+    )
+    if answer.operator is not None:
+        op = answer.operator
+        message.operator.name = op.name or ""
+        message.operator.country = op.country or ""
+        for op_id in op.operator_ids:
+            message.operator.operator_ids.add(scheme=_SCHEME[op_id.scheme], value=op_id.value)
+    return message
+
+
+def response_from_change(change: Change) -> query_pb2.WatchResponse:
+    r = change.record
+    record = records_pb2.AeoStatus(
+        issuer=r.issuer,
+        name=r.name or "",
+        country=r.country or "",
+        authorisation=r.authorisation,
+        type=r.aeo_type,
+        status=_STATUS.get(r.status, records_pb2.AUTHORISATION_STATUS_UNSPECIFIED),
+        status_date=r.status_date,
+        valid_from=r.valid_from or "",
+        consent=r.consent,
+    )
+    if r.valid_until is not None:
+        record.valid_until = r.valid_until
+    if r.disclosed_to is not None:
+        record.audience.append(r.disclosed_to)
+    for op_id in change.operator_ids:
+        record.operator_ids.add(scheme=_SCHEME[op_id.scheme], value=op_id.value)
+    return query_pb2.WatchResponse(
+        sequence=change.seq,
+        log=r.log,
+        leaf_index=r.idx,
+        record=record,
+        previous_status=_STATUS.get(
+            change.previous_status or "", records_pb2.AUTHORISATION_STATUS_UNSPECIFIED
+        ),
+    )
+
+
+# --- the servicer ---------------------------------------------------------------------------
+
+
+class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+    """Check, CheckMany and Watch over one :class:`Checker`."""
+
+    def __init__(self, checker: Checker, *, max_questions: int = MAX_QUESTIONS) -> None:
+        self.checker = checker
+        self.max_questions = max_questions
+
+    async def Check(  # noqa: N802 - gRPC method name
+        self, request: query_pb2.CheckRequest, context: Context
+    ) -> query_pb2.CheckResponse:
+        try:
+            answer = await self.checker.check(question_from_request(request))
+        except _OURS as error:
+            await _abort(context, error)
+        return response_from_answer(answer)
+
+    async def CheckMany(  # noqa: N802 - gRPC method name
+        self, request: query_pb2.CheckManyRequest, context: Context
+    ) -> query_pb2.CheckManyResponse:
+        try:
+            if len(request.checks) > self.max_questions:
+                raise BadQuestionError(
+                    f"{len(request.checks)} questions in one call: at most {self.max_questions}"
+                )
+            questions = [question_from_request(q, n) for n, q in enumerate(request.checks)]
+            answers = await self.checker.check_many(questions)
+        except _OURS as error:
+            await _abort(context, error)
+        return query_pb2.CheckManyResponse(responses=[response_from_answer(a) for a in answers])
+
+    async def Watch(  # noqa: N802 - gRPC method name
+        self, request: query_pb2.WatchRequest, context: Context
+    ) -> AsyncIterator[query_pb2.WatchResponse]:
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        try:
+            feed = await self.checker.start_watch(after, filter_from_request(request))
+        except _OURS as error:
+            await _abort(context, error)
+        # The starting point is fixed: initial metadata tells the client the stream is live.
+        await context.send_initial_metadata(())
+        # On cancellation (client gone, server stopping) CancelledError propagates as grpc.aio
+        # expects, and ``aclosing`` closes the feed first: no connection is left open.
+        try:
+            async with aclosing(feed):
+                async for change in feed:
+                    yield response_from_change(change)
+        except _OURS as error:
+            await _abort(context, error)
+
+
+__all__ = [
+    "QUERY_STATUS_FOR",
+    "QueryServicer",
+    "filter_from_request",
+    "question_from_request",
+    "response_from_answer",
+    "response_from_change",
+]

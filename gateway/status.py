@@ -1,0 +1,59 @@
+"""The node status report: ``mragw status`` and ``AdminService.GetStatus`` share it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.node import Node
+from gateway.storage.schema import logs, partners
+
+# partner code -> connected now (only a running gateway knows; the CLI alone says False)
+Connectivity = Callable[[str], bool]
+
+
+async def node_status(
+    node: Node, connected: Connectivity | None = None, http_url: str | None = None
+) -> dict[str, Any]:
+    async with node.engine.connect() as conn:
+        own = (
+            await conn.execute(select(logs.c.size).where(logs.c.code == node.admin))
+        ).scalar_one()
+        rows = (
+            await conn.execute(
+                select(
+                    partners.c.code,
+                    partners.c.suspended,
+                    partners.c.quarantined,
+                    partners.c.reason,
+                    logs.c.size,
+                    logs.c.checkpoint_size,
+                    logs.c.verified_at,
+                )
+                .select_from(partners.outerjoin(logs, logs.c.code == partners.c.code))
+                .order_by(partners.c.code)
+            )
+        ).all()
+    now = time.time()
+    report: dict[str, Any] = {
+        "admin": node.admin,
+        "log_size": int(own),
+        "partners": [
+            {
+                "admin": r.code,
+                "connected": bool(connected(r.code)) if connected is not None else False,
+                "entries": int(r.size or 0),
+                "tree_size": int(r.checkpoint_size or 0),
+                "checkpoint_age_s": round(now - r.verified_at, 3) if r.verified_at else None,
+                "quarantined": bool(r.quarantined),
+                "suspended": bool(r.suspended),
+                "reason": r.reason,
+            }
+            for r in rows
+        ],
+    }
+    report["http_url"] = http_url
+    return report
