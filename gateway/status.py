@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.node import Node
-from gateway.storage.schema import logs, partners
+from gateway.storage.schema import entries, logs, partners
 
 # partner code -> connected now (only a running gateway knows; the CLI alone says False)
 Connectivity = Callable[[str], bool]
@@ -37,6 +37,17 @@ async def node_status(
                 .order_by(partners.c.code)
             )
         ).all()
+        pending: dict[str, int] = dict(
+            (
+                await conn.execute(
+                    select(entries.c.log, func.count())
+                    .where(entries.c.sig_state == "unverified")
+                    .group_by(entries.c.log)
+                )
+            )
+            .tuples()
+            .all()
+        )
     now = time.time()
     report: dict[str, Any] = {
         "admin": node.admin,
@@ -51,6 +62,8 @@ async def node_status(
                 "quarantined": bool(r.quarantined),
                 "suspended": bool(r.suspended),
                 "reason": r.reason,
+                # Entries stored but not yet signature-checked and indexed (not yet usable).
+                "unverified": int(pending.get(r.code, 0)),
             }
             for r in rows
         ],

@@ -208,6 +208,21 @@ def register(app: typer.Typer) -> None:
         }
         asyncio.run(run_gateway(home, overrides))
 
+    @app.command("demo")
+    @command
+    def demo(
+        keep: Annotated[bool, typer.Option(help="Keep the demo directory (homes, logs).")] = False,
+        keep_running: Annotated[
+            bool, typer.Option(help="Leave the three gateways running until Ctrl-C.")
+        ] = False,
+    ) -> None:
+        """Three administrations (EU, JP, US) on loopback: onboard, publish, replicate, check."""
+        from gateway.demo import run_demo
+
+        code = run_demo(keep=keep, keep_running=keep_running)
+        if code:
+            raise typer.Exit(code)
+
     registry_use(app)
 
 

@@ -135,6 +135,7 @@ async def running_status(node: Node, target: str | None) -> dict[str, Any] | Non
                 "quarantined": p.quarantined,
                 "suspended": p.suspended,
                 "reason": p.reason if p.HasField("reason") else None,
+                "unverified": p.unverified,
             }
             for p in response.partners
         ],

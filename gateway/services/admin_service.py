@@ -262,6 +262,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 tree_size=p["tree_size"],
                 quarantined=p["quarantined"],
                 suspended=p["suspended"],
+                unverified=p.get("unverified", 0),
             )
             if p["checkpoint_age_s"] is not None:
                 item.checkpoint_age_s = p["checkpoint_age_s"]

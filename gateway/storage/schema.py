@@ -82,6 +82,7 @@ entries = Table(
     Column("content_digest", LargeBinary(32), nullable=True),
     Column("appended_at", Float, nullable=False),
     UniqueConstraint("log", "content_digest", name="uq_entries_content"),
+    Index("ix_entries_sig_state", "log", "sig_state"),
 )
 
 # The decoded index of AEO status records, for Check and for entitlement.

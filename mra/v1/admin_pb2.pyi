@@ -629,6 +629,7 @@ class PartnerStatus(_message.Message):
     QUARANTINED_FIELD_NUMBER: _builtins.int
     SUSPENDED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_FIELD_NUMBER: _builtins.int
     admin: _builtins.str
     """The partner's administration code."""
     connected: _builtins.bool
@@ -645,6 +646,8 @@ class PartnerStatus(_message.Message):
     """True when replication was suspended by an operator."""
     reason: _builtins.str
     """Why it is quarantined or suspended; absent (JSON null) otherwise."""
+    unverified: _builtins.int
+    """Entries stored but not yet signature-checked and indexed, so not yet used in answers."""
     def __init__(
         self,
         *,
@@ -656,10 +659,11 @@ class PartnerStatus(_message.Message):
         quarantined: _builtins.bool = ...,
         suspended: _builtins.bool = ...,
         reason: _builtins.str | None = ...,
+        unverified: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "checkpoint_age_s", b"checkpoint_age_s", "reason", b"reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size", "unverified", b"unverified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__checkpoint_age_s: _TypeAlias = _typing.Literal["checkpoint_age_s"]  # noqa: Y015
     _WhichOneofArgType__checkpoint_age_s: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s"]  # noqa: Y015
