@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from gateway.errors import InputError
+from gateway.errors import CheckFailedError, InputError
 
 SCHEMES = ("EORI", "MID", "TIN", "NATIONAL", "AUTH")
 STATUSES = ("ACTIVE", "SUSPENDED", "REVOKED", "ANNULLED", "WITHDRAWN", "CONSENT_WITHDRAWN")
@@ -49,8 +49,10 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
 
-class RecordInputError(InputError):
-    """The input holds invalid records; ``problems`` names each with its line and field."""
+class RecordInputError(CheckFailedError):
+    """The input holds invalid records; ``problems`` names each with its line and field.
+
+    A rejected batch (exit 1), not a usage error: the file was read, its content refused."""
 
     def __init__(self, problems: list[str], source: str = "input") -> None:
         self.problems = problems

@@ -119,11 +119,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while True:
             async with self.node.engine.connect() as conn:
-                rows = dict(
-                    (await conn.execute(select(node_state.c.key, node_state.c.value)))
-                    .tuples()
-                    .all()
-                )
+                result = await conn.execute(select(node_state.c.key, node_state.c.value))
+                rows = {str(key): int(value) for key, value in result}
             current = (int(rows.get("partners", 0)), int(rows.get("dataset", 0)))
             if current != seen or loop.time() - last_run > DISCLOSURE_PERIOD_S:
                 seen, last_run = current, loop.time()

@@ -37,17 +37,12 @@ async def node_status(
                 .order_by(partners.c.code)
             )
         ).all()
-        pending: dict[str, int] = dict(
-            (
-                await conn.execute(
-                    select(entries.c.log, func.count())
-                    .where(entries.c.sig_state == "unverified")
-                    .group_by(entries.c.log)
-                )
-            )
-            .tuples()
-            .all()
+        counted = await conn.execute(
+            select(entries.c.log, func.count())
+            .where(entries.c.sig_state == "unverified")
+            .group_by(entries.c.log)
         )
+        pending = {str(log): int(count) for log, count in counted}
     now = time.time()
     report: dict[str, Any] = {
         "admin": node.admin,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, ParamSpec, TypeVar
 
+import sqlalchemy.exc
 import typer
 
 from crypto.errors import CryptoError, VerificationError
@@ -38,6 +39,12 @@ ERROR_EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (VerificationError, ExitCode.CHECK_FAILED),
     (CheckFailedError, ExitCode.CHECK_FAILED),
     (UnreachableError, ExitCode.UNREACHABLE),
+    # A database that refuses or drops connections (asyncpg raises OSError subclasses,
+    # SQLAlchemy wraps driver failures in OperationalError/InterfaceError).
+    (ConnectionError, ExitCode.UNREACHABLE),
+    (TimeoutError, ExitCode.UNREACHABLE),
+    (sqlalchemy.exc.OperationalError, ExitCode.UNREACHABLE),
+    (sqlalchemy.exc.InterfaceError, ExitCode.UNREACHABLE),
     (InputError, ExitCode.BAD_INPUT),
     (CryptoError, ExitCode.BAD_INPUT),
     (RegistryError, ExitCode.BAD_INPUT),
@@ -87,7 +94,11 @@ def command(fn: Callable[P, R]) -> Callable[P, R]:
             code = exit_code_for(error)
             if code is None:
                 raise
-            say(f"error: {error}")
+            if code is ExitCode.UNREACHABLE and not isinstance(error, UnreachableError):
+                # A raw driver error names an address, not the problem: say what it means.
+                say(f"error: a dependency is unreachable (database?): {error}")
+            else:
+                say(f"error: {error}")
             raise typer.Exit(int(code)) from None
 
     return wrapper

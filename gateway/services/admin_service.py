@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from crypto.pki import load_certificate
 from gateway import codec, partners
-from gateway.issuer_log import IssuerLog
+from gateway.issuer_log import IssuerLog, PublishResult
 from gateway.node import Node
 from gateway.records import Record, RecordInputError, record_from_mapping
 from gateway.services.errors import guarded
@@ -84,6 +84,12 @@ def records_from_requests(
     return out, errors
 
 
+def _position(problem: str) -> int:
+    """The record number in a problem that starts "<source> record N: ..."."""
+    head = problem.split(":", 1)[0].rsplit(" ", 1)[-1]
+    return int(head) if head.isdigit() else 0
+
+
 def _record_error(position: int, problem: str) -> admin_pb2.RecordError:
     # Problems read "<where>: <field>: <message>".
     _, _, rest = problem.partition(": ")
@@ -118,13 +124,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.PublishResponse(
                 errors=[admin_pb2.RecordError(record=0, field="", message="no records")]
             )
-        try:
-            result = await guarded(
-                context,
-                lambda: IssuerLog(self.node).publish(records, actor=actor, source="Publish"),
+
+        async def publish() -> PublishResult | RecordInputError:
+            try:
+                return await IssuerLog(self.node).publish(records, actor=actor, source="Publish")
+            except RecordInputError as error:
+                # Refused records (issuer, type) are an answer, like validation errors above.
+                return error
+
+        result = await guarded(context, publish)
+        if isinstance(result, RecordInputError):
+            return admin_pb2.PublishResponse(
+                errors=[_record_error(_position(p), p) for p in result.problems]
             )
-        except RecordInputError as error:  # pragma: no cover - guarded aborts first
-            return admin_pb2.PublishResponse(errors=[_record_error(0, p) for p in error.problems])
         if self.on_publish is not None:
             await self.on_publish()
         return admin_pb2.PublishResponse(
