@@ -207,6 +207,8 @@ def test_check_response_mirrors_the_json_contract() -> None:
         "quarantined",
         "suspended",
         "reason",
+        # Extension: entries stored but not yet signature-checked (not yet used in answers).
+        "unverified",
     }
     # JSON null: absent operator, absent arrangement, absent checkpoint age.
     answer = query_pb2.CheckResponse(issuer="DE", at="2026-11-27")
