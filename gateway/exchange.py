@@ -103,10 +103,19 @@ class LogWatcher:
 
 
 class ExchangeHandler:
-    def __init__(self, node: Node, watcher: LogWatcher, *, heartbeat_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        node: Node,
+        watcher: LogWatcher,
+        *,
+        heartbeat_s: float = 10.0,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         self.node = node
         self.watcher = watcher
         self.heartbeat_s = heartbeat_s
+        # Set when the server drains: live tails end cleanly instead of being cut.
+        self.stopping = stopping if stopping is not None else asyncio.Event()
         self.batch_entries = node.config.limits.batch_entries
         # Leave room for the checkpoint, proof and framing inside one gRPC message.
         self.batch_bytes = max(16 * 1024, node.config.limits.max_message_bytes // 2)
@@ -173,14 +182,26 @@ class ExchangeHandler:
                 batch = await self._batch(partner, cursor, limit, head)
                 cursor = batch.end
                 yield batch
-            if catch_up_only and cursor >= target:
+            if (catch_up_only and cursor >= target) or self.stopping.is_set():
                 return
-            await self.watcher.wait_beyond(cursor, self.heartbeat_s)
+            await self._wait_for_growth(cursor)
+            if self.stopping.is_set():
+                return
             head = await self.head()
             if head.size == cursor:
                 # Nothing new: a heartbeat carrying the latest checkpoint keeps the stream
                 # alive through idle proxies and lets the partner see we are alive.
                 yield Batch(cursor, (), head.checkpoint, head.size, ())
+
+    async def _wait_for_growth(self, cursor: int) -> None:
+        """Until the log grows past ``cursor``, the heartbeat is due, or the server drains."""
+        growth = asyncio.ensure_future(self.watcher.wait_beyond(cursor, self.heartbeat_s))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({growth, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (growth, stop):
+                task.cancel()
 
     async def inclusion(self, index: int, tree_size: int | None) -> tuple[int, list[bytes]]:
         head = await self.head()

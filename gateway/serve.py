@@ -65,7 +65,8 @@ class Gateway:
         self.watcher = LogWatcher(
             node.engine, node.admin, min(0.1, node.config.replication.poll_interval_s)
         )
-        self.exchange = ExchangeHandler(node, self.watcher)
+        self.draining = asyncio.Event()
+        self.exchange = ExchangeHandler(node, self.watcher, stopping=self.draining)
         self.checker = Checker.for_node(node)
         self.replication = ReplicationManager(node, self.open_transport)
         self.server = GatewayServer(
@@ -78,6 +79,7 @@ class Gateway:
                 "log-watcher": self.watcher.run,
                 "replication": self.replication.run,
                 "disclosure": self.disclosure_job,
+                "drain-follower": self._follow_draining,
             },
         )
 
@@ -133,6 +135,11 @@ class Gateway:
                     if appended:
                         await self._published()
             await asyncio.sleep(self.node.config.replication.poll_interval_s)
+
+    async def _follow_draining(self) -> None:
+        """Live tails end cleanly as soon as the server starts draining."""
+        await self.server.draining.wait()
+        self.draining.set()
 
     async def run(self) -> None:
         await ping(self.node.engine)
