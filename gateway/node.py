@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from crypto.checkpoint import Checkpoint, sign_checkpoint
 from crypto.envelope import Envelope, envelope_from_json, envelope_to_json
 from crypto.keys import PrivateKeySigner, Scheme, load_private_key, save_private_key
-from crypto.merkle import EMPTY_ROOT, Frontier
+from crypto.merkle import EMPTY_ROOT
 from crypto.pki import (
     certificate_to_pem,
     create_ca_certificate,
@@ -57,7 +57,8 @@ from gateway.config import (
 from gateway.datasets import packaged_bytes, recogniser_for
 from gateway.errors import InputError
 from gateway.storage.database import create_engine, migrate
-from gateway.storage.schema import datasets, logs, node_state, trust_statements
+from gateway.storage.schema import datasets, node_state, trust_statements
+from gateway.storage.tiles import create_empty_log
 from gateway.trust import SigningKey, TrustStatement, log_origin, sign_statement
 
 ADMIN_ROLE = "admin"
@@ -213,20 +214,7 @@ async def initialise_node(
         async with engine.begin() as conn:
             empty = Checkpoint(origin=statement.log_origin, size=0, root_hash=EMPTY_ROOT)
             note = sign_checkpoint(empty, statement.log_origin, signing)
-            await conn.execute(
-                logs.insert().values(
-                    code=admin,
-                    own=True,
-                    size=0,
-                    root=EMPTY_ROOT,
-                    frontier=Frontier.empty().to_bytes(),
-                    checkpoint=note,
-                    checkpoint_size=0,
-                    held_checkpoint=note,
-                    held_size=0,
-                    lock_seq=0,
-                )
-            )
+            await create_empty_log(conn, admin, own=True, checkpoint=note)
             await conn.execute(
                 trust_statements.insert().values(
                     version=1,

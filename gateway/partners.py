@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.merkle import EMPTY_ROOT, Frontier
 from gateway.audit import record_action
 from gateway.config import parse_hostport
 from gateway.errors import InputError
 from gateway.node import Node, now_utc
 from gateway.storage.schema import logs, node_state, partners
+from gateway.storage.tiles import create_empty_log
 from gateway.trust import (
     TrustError,
     TrustStatement,
@@ -149,20 +149,7 @@ async def add_partner(
             await conn.execute(select(logs.c.code).where(logs.c.code == statement.admin))
         ).scalar()
         if has_log is None:
-            await conn.execute(
-                logs.insert().values(
-                    code=statement.admin,
-                    own=False,
-                    size=0,
-                    root=EMPTY_ROOT,
-                    frontier=Frontier.empty().to_bytes(),
-                    checkpoint=None,
-                    checkpoint_size=0,
-                    held_checkpoint=None,
-                    held_size=0,
-                    lock_seq=0,
-                )
-            )
+            await create_empty_log(conn, statement.admin, own=False)
         await bump(conn, "partners")
         await record_action(
             conn,

@@ -12,6 +12,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.merkle import (
+    EMPTY_ROOT,
     AppendResult,
     Frontier,
     TileId,
@@ -23,8 +24,29 @@ from crypto.merkle import (
     tiles_for_inclusion_proof,
     tiles_for_root,
 )
-from gateway.storage.schema import tiles
+from gateway.storage.schema import logs, tiles
 from gateway.storage.upsert import upsert
+
+
+async def create_empty_log(
+    conn: AsyncConnection, code: str, *, own: bool, checkpoint: str | None = None
+) -> None:
+    """The head row of a new, empty log: ours (with its signed size-0 checkpoint) or a
+    partner's replica (no checkpoint verified yet)."""
+    await conn.execute(
+        logs.insert().values(
+            code=code,
+            own=own,
+            size=0,
+            root=EMPTY_ROOT,
+            frontier=Frontier.empty().to_bytes(),
+            checkpoint=checkpoint,
+            checkpoint_size=0,
+            held_checkpoint=checkpoint,
+            held_size=0,
+            lock_seq=0,
+        )
+    )
 
 
 async def read_tiles(
