@@ -3,8 +3,9 @@
 Entitlement is decided at append time, so a partner pinned later, an arrangement that takes
 effect later, or consent given later would otherwise never see records appended earlier. This
 job finds, for each partner and each authorisation (issuer, number, type), the current record;
-when the partner is entitled to it today but has no open disclosure, it appends a disclosure
-entry: the same record with a fresh salt and the audience set to that partner alone.
+when that record is still in force (not revoked, annulled or withdrawn) and the partner is
+entitled to it today but has no open disclosure, it appends a disclosure entry: the same
+record with a fresh salt and the audience set to that partner alone.
 
 It is idempotent: a second run right after the first appends nothing (the disclosure state is
 open, and an identical disclosure is deduplicated by content digest anyway).
@@ -25,6 +26,9 @@ from gateway.node import Node
 from gateway.records import AeoStatusRecord
 from gateway.storage.schema import disclosure_state, entries, partners, records
 from gateway.verification import parse_envelope
+
+# Statuses after which an authorisation is over; a newly entitled partner is not told of them.
+ENDED = frozenset({"REVOKED", "ANNULLED", "WITHDRAWN", "CONSENT_WITHDRAWN"})
 
 
 async def current_records(conn: AsyncConnection, admin: str) -> list[AeoStatusRecord]:
@@ -89,6 +93,10 @@ async def disclose(node: Node, *, actor: str, today: date | None = None) -> int:
     open_keys = {(r.partner, (r.issuer, r.authorisation, r.aeo_type)) for r in state_rows if r.open}
     due: list[PreparedEntry] = []
     for record in current:
+        if record.status in ENDED:
+            # Nothing to tell a partner that never saw the authorisation while it was in force:
+            # disclose only what can still be relied on (data minimisation).
+            continue
         for partner in partner_codes:
             if (partner, record.key) in open_keys:
                 continue

@@ -5,8 +5,9 @@ On the hot path each batch is checked (numbered as in the code):
    identical (a re-send is a no-op, a difference is a fork);
 2. its checkpoint note is signed by a checkpoint key of the partner's trust statement, for the
    partner's log origin, and not by a key revoked below the checkpoint's size;
-3. the checkpoint does not roll back (smaller than the last verified one) or fork (same size,
-   another root);
+3. the checkpoint does not roll back (smaller than the last verified one, unless the batch is an
+   identical re-send of entries we hold with an older checkpoint whose root is our tree's at
+   that size: a replay, a no-op) or fork (same size, another root);
 4. the root recomputed over our stored tree plus the new leaves, at the batch end s, is
    consistent with the signed root at S (the batch's consistency proof);
 5. the new checkpoint is consistent with the last verified one (by our own leaves when we hold
@@ -118,8 +119,14 @@ async def verify_batch(
     statement: TrustStatement,
     stored_leaves: Callable[[int, int], Awaitable[list[bytes]]],
     fetch_consistency: FetchConsistency,
+    *,
+    stored_root: Callable[[int], Awaitable[bytes]] | None = None,
 ) -> VerifiedBatch | None:
-    """Steps 1-5; returns None when the batch adds nothing new and changes nothing."""
+    """Steps 1-5; returns None when the batch adds nothing new and changes nothing.
+
+    ``stored_root(n)`` gives the root of our stored tree at size n; with it, an old batch
+    replayed identically (older checkpoint included) is recognised as a no-op instead of a
+    rollback."""
     # 1. Position: no gaps; what we hold must be re-sent identically.
     if batch.start > state.size:
         raise ReplicationFaultError("gap", f"batch starts at {batch.start}, we hold {state.size}")
@@ -152,19 +159,26 @@ async def verify_batch(
                 "malformed", f"entry {start + offset}: leaf hash is not 32 bytes"
             )
     end = start + len(leaves)
+    # 3. No rollback, no fork at equal size.
+    old = state.checkpoint
+    if old is not None and cp.size < old.size:
+        if not leaves and end <= cp.size <= state.size and stored_root is not None:
+            # An old batch re-sent as it was (its entries all held, its older checkpoint of a
+            # size we hold): a no-op if that checkpoint's root is the one of our tree.
+            if await stored_root(cp.size) != cp.root_hash:
+                raise ReplicationFaultError(
+                    "fork", f"checkpoint of size {cp.size} has another root than our tree"
+                )
+            return None
+        raise ReplicationFaultError(
+            "rollback", f"checkpoint size {cp.size} is below the verified {old.size}"
+        )
     if cp.size < end:
         raise ReplicationFaultError(
             "bad_checkpoint", f"checkpoint size {cp.size} is below the batch end {end}"
         )
-    # 3. No rollback, no fork at equal size.
-    old = state.checkpoint
-    if old is not None:
-        if cp.size < old.size:
-            raise ReplicationFaultError(
-                "rollback", f"checkpoint size {cp.size} is below the verified {old.size}"
-            )
-        if cp.size == old.size and cp.root_hash != old.root_hash:
-            raise ReplicationFaultError("fork", f"two different roots for tree size {cp.size}")
+    if old is not None and cp.size == old.size and cp.root_hash != old.root_hash:
+        raise ReplicationFaultError("fork", f"two different roots for tree size {cp.size}")
     if not leaves and old is not None and cp == old:
         return None
     # 4. Our tree plus the new leaves must lead to the signed root.

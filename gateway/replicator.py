@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 from sqlalchemy import select, update
 
 from gateway.datasets import active_recogniser
+from gateway.errors import GatewayError
 from gateway.exchange import Batch, LogItem
 from gateway.node import Node
 from gateway.partners import partner_statement, quarantine
@@ -32,12 +34,20 @@ from gateway.replication import (
     verify_batch,
 )
 from gateway.storage.schema import entries, logs, node_state, partners
+from gateway.storage.tiles import root_at
 from gateway.trust import TrustStatement
 from mra.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("mragw.replicator")
 
 MAX_NOTE_BYTES = 64 * 1024
+SUBSCRIBE_METHOD = "/mra.v1.ExchangeService/Subscribe"
+# What gRPC says when a received message exceeds grpc.max_receive_message_length.
+OVERSIZED_DETAIL = "Received message larger than max"
+
+
+class PartnerQuarantinedError(GatewayError):
+    """The partner was quarantined while replicating (an entry failed verification)."""
 
 
 class Transport(Protocol):
@@ -89,16 +99,44 @@ def batch_from_message(message: exchange_pb2.SubscribeResponse) -> Batch:
 class GrpcTransport:
     def __init__(self, channel: grpc.aio.Channel, *, batch_entries: int = 0) -> None:
         self._stub = exchange_pb2_grpc.ExchangeServiceStub(channel)
+        # Subscribe responses are received as bytes and decoded here, so that undecodable bytes
+        # from the partner are a precise fault of the partner, not gRPC's opaque INTERNAL.
+        self._subscribe: Any = channel.unary_stream(
+            SUBSCRIBE_METHOD,
+            request_serializer=exchange_pb2.SubscribeRequest.SerializeToString,
+            response_deserializer=None,
+        )
         self._batch_entries = batch_entries
 
     async def subscribe(self, from_index: int) -> AsyncIterator[Batch]:
-        call = self._stub.Subscribe(
+        call = self._subscribe(
             exchange_pb2.SubscribeRequest(
                 from_index=from_index, max_batch_entries=self._batch_entries
             )
         )
-        async for message in call:
-            yield batch_from_message(message)
+        try:
+            async for raw in call:
+                try:
+                    message = exchange_pb2.SubscribeResponse.FromString(raw)
+                except DecodeError as error:
+                    raise ReplicationFaultError(
+                        "malformed", f"undecodable Subscribe response: {error}"
+                    ) from error
+                yield batch_from_message(message)
+        except grpc.aio.AioRpcError as error:
+            details = error.details() or ""
+            if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and OVERSIZED_DETAIL in details:
+                # gRPC refused a message from the partner over our limits.max_message_bytes.
+                raise ReplicationFaultError("oversized", details) from error
+            if error.code() is grpc.StatusCode.OUT_OF_RANGE:
+                # We asked from the size we verified: a log now smaller than that rolled back.
+                raise ReplicationFaultError(
+                    "rollback",
+                    f"partner's log is smaller than our verified {from_index}: {details}",
+                ) from error
+            raise
+        finally:
+            call.cancel()
 
     async def consistency(self, old_size: int, new_size: int) -> Sequence[bytes]:
         response = await self._stub.GetConsistencyProof(
@@ -157,12 +195,21 @@ class Replicator:
             )
         return [bytes(r) for r in rows]
 
+    async def _stored_root(self, size: int) -> bytes:
+        async with self.node.engine.connect() as conn:
+            return await root_at(conn, self.code, size)
+
     async def apply(self, batch: Batch, transport: Transport, statement: TrustStatement) -> int:
         """Verify and store one batch; then verify and index its entries. Returns new entries."""
         async with self.node.engine.connect() as conn:
             state = await load_state(conn, self.code)
         verified = await verify_batch(
-            state, batch, statement, self._stored_leaves, transport.consistency
+            state,
+            batch,
+            statement,
+            self._stored_leaves,
+            transport.consistency,
+            stored_root=self._stored_root,
         )
         if verified is None:
             # A heartbeat re-verified the same head: record that it is still fresh.
@@ -181,6 +228,8 @@ class Replicator:
         return len(verified.leaves)
 
     async def verify_pending(self, statement: TrustStatement) -> None:
+        """Verify and index stored entries; raise :class:`PartnerQuarantinedError` when one was
+        invalid (``verify_and_index`` quarantined the partner), so nothing more is applied."""
         while True:
             async with self.node.engine.begin() as conn:
                 recogniser = await active_recogniser(conn)
@@ -191,6 +240,15 @@ class Replicator:
                     recogniser=recogniser,
                     own_admin=self.node.admin,
                 )
+                row = (
+                    await conn.execute(
+                        select(partners.c.quarantined, partners.c.reason).where(
+                            partners.c.code == self.code
+                        )
+                    )
+                ).one_or_none()
+            if row is not None and row.quarantined:
+                raise PartnerQuarantinedError(str(row.reason))
             if done == 0:
                 return
 
@@ -216,6 +274,11 @@ class Replicator:
                         self.status.last_error = None
                         await self.apply(batch, transport, statement)
                         backoff = self.node.config.replication.backoff_initial_s
+            except PartnerQuarantinedError as error:
+                self.status.connected = False
+                self.status.faults["invalid_entry"] = self.status.faults.get("invalid_entry", 0) + 1
+                log.warning("partner %s quarantined: %s", self.code, error)
+                return "quarantined"
             except ReplicationFaultError as fault:
                 self.status.connected = False
                 self.status.faults[fault.kind] = self.status.faults.get(fault.kind, 0) + 1
