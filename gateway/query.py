@@ -641,18 +641,34 @@ class Checker:
         registry: dict[tuple[str, str, str, str | None, bool], Answer | str],
         members: dict[tuple[str, str], frozenset[str]],
     ) -> _Decided:
-        def of_issuer(r: StatusRecord) -> bool:
-            if r.issuer == a.issuer:
-                return True
-            if not a.union:
-                return False
-            key = (a.issuer, r.status_date)
+        def members_of(union: str, day: str) -> frozenset[str]:
+            key = (union, day)
             known = members.get(key)
             if known is None:
-                known = frozenset(recogniser.members_on(a.issuer, r.status_date))
+                known = frozenset(recogniser.members_on(union, day))
                 members[key] = known
-            return r.issuer in known
+            return known
 
+        def of_issuer(r: StatusRecord) -> bool:
+            if r.issuer != a.issuer and not (
+                a.union and r.issuer in members_of(a.issuer, r.status_date)
+            ):
+                return False
+            return authoritative(r)
+
+        def authoritative(r: StatusRecord) -> bool:
+            """Whose word counts for issuer I on the date asked: I's own log, our own log (we
+            signed it), or the log of the union I belongs to *on that date*. A union gateway
+            cannot speak for a state outside the union's membership on the date asked, whatever
+            ``status_date`` it writes into a record (a former member's history stays usable
+            for dates when it was a member)."""
+            if r.log in (r.issuer, self.admin):
+                return True
+            if r.log not in unions:
+                return False
+            return r.issuer in members_of(r.log, a.day)
+
+        unions = recogniser.dataset.union_codes
         decided = _Decided(a)
         hits = [
             r

@@ -963,3 +963,21 @@ async def test_watch_rejects_a_sequence_never_given(world: World) -> None:
 async def test_watch_rejects_an_unknown_issuer(world: World) -> None:
     with pytest.raises(BadQuestionError, match="QQ"):
         await first_changes(world.checker, 1, filters=WatchFilter(issuers=("QQ",)))
+
+
+# --- whose word counts ------------------------------------------------------------------------
+
+
+async def test_a_union_log_speaks_for_a_state_only_while_it_is_a_member(world: World) -> None:
+    """The EU log holds a GB record dated 2020-06-01 (GB a member then). A union gateway could
+    write any ``status_date``: after GB left (2020-12-31) the EU's records of GB must not answer
+    for GB, or a hostile union could plant authorisations in a former member's name."""
+    during = await ask(world, operator_id="GB123456789000", issuer="GB", at="2020-07-01")
+    assert during["recognised"] is True
+    assert during["types"][0]["log"] == "EU"
+    after = await ask(world, operator_id="GB123456789000", issuer="GB", at="2025-01-01")
+    assert after["recognised"] is False
+    assert codes(after["reasons"]) == ["UNKNOWN_OPERATOR"]
+    # GB's own log answers for GB after it left.
+    own = await ask(world, operator_id="GB123456789001", issuer="GB", at="2025-01-01")
+    assert own["types"][0]["log"] == "GB"
