@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import InputError
+from gateway.errors import GatewayError, InputError
 from gateway.node import Node
 from gateway.storage.schema import entitlements, entries, logs, trust_statements
 from gateway.storage.tiles import consistency_proof, inclusion_proof
@@ -29,6 +29,14 @@ MAX_BATCH_ENTRIES = 1000
 
 class OutOfRangeError(InputError):
     """An index or size beyond the log's current size."""
+
+
+class AccessEndedError(GatewayError):
+    """The partner was suspended or removed while its stream was open."""
+
+
+# Returns None while the partner may still read, else why it may not.
+Authorise = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -110,12 +118,16 @@ class ExchangeHandler:
         *,
         heartbeat_s: float = 10.0,
         stopping: asyncio.Event | None = None,
+        authorise: Authorise | None = None,
     ) -> None:
         self.node = node
         self.watcher = watcher
         self.heartbeat_s = heartbeat_s
         # Set when the server drains: live tails end cleanly instead of being cut.
         self.stopping = stopping if stopping is not None else asyncio.Event()
+        # Identity is checked when a call starts; a live tail outlives that check, so access is
+        # re-checked before every batch (a suspension or removal ends the stream).
+        self.authorise = authorise
         self.batch_entries = node.config.limits.batch_entries
         # Leave room for the checkpoint, proof and framing inside one gRPC message.
         self.batch_bytes = max(16 * 1024, node.config.limits.max_message_bytes // 2)
@@ -179,6 +191,7 @@ class ExchangeHandler:
             yield Batch(cursor, (), head.checkpoint, head.size, ())
         while True:
             while cursor < head.size:
+                self._still_allowed(partner)
                 batch = await self._batch(partner, cursor, limit, head)
                 cursor = batch.end
                 yield batch
@@ -187,11 +200,18 @@ class ExchangeHandler:
             await self._wait_for_growth(cursor)
             if self.stopping.is_set():
                 return
+            self._still_allowed(partner)
             head = await self.head()
             if head.size == cursor:
                 # Nothing new: a heartbeat carrying the latest checkpoint keeps the stream
                 # alive through idle proxies and lets the partner see we are alive.
                 yield Batch(cursor, (), head.checkpoint, head.size, ())
+
+    def _still_allowed(self, partner: str) -> None:
+        if self.authorise is not None:
+            refused = self.authorise(partner)
+            if refused is not None:
+                raise AccessEndedError(refused)
 
     async def _wait_for_growth(self, cursor: int) -> None:
         """Until the log grows past ``cursor``, the heartbeat is due, or the server drains."""

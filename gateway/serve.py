@@ -66,7 +66,9 @@ class Gateway:
             node.engine, node.admin, min(0.1, node.config.replication.poll_interval_s)
         )
         self.draining = asyncio.Event()
-        self.exchange = ExchangeHandler(node, self.watcher, stopping=self.draining)
+        self.exchange = ExchangeHandler(
+            node, self.watcher, stopping=self.draining, authorise=self._may_read
+        )
         self.checker = Checker.for_node(node)
         self.replication = ReplicationManager(node, self.open_transport)
         self.server = GatewayServer(
@@ -82,6 +84,15 @@ class Gateway:
                 "drain-follower": self._follow_draining,
             },
         )
+
+    def _may_read(self, code: str) -> str | None:
+        """Re-checked before every batch of an open stream (the call's check is long past)."""
+        partner = self.server.partners.current.get(code)
+        if partner is None:
+            return f"partner {code} is no longer pinned here"
+        if partner.suspended:
+            return f"partner {code} is suspended"
+        return None
 
     @staticmethod
     async def _partner_code(_context: Any) -> str:

@@ -237,3 +237,39 @@ async def test_replicator_killed_mid_catch_up_resumes_without_duplicates_or_gaps
         await asyncio.sleep(0)
     finally:
         await cluster.close()
+
+
+async def test_a_partner_suspended_mid_stream_receives_nothing_more(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Identity is checked when a call starts; a live tail outlives that check. Suspending JP
+    at EU must end JP's open stream before any entry published afterwards reaches it."""
+    from gateway.partners import resume_partner, suspend_partner
+
+    cluster = Cluster(tmp_path, db_url)
+    try:
+        await cluster.add("EU")
+        await cluster.add("JP")
+        await cluster.start("EU")
+        await cluster.start("JP")
+        await cluster.connect("EU", "JP")
+        first = await cluster.publish("EU", eu_records()[:1])
+        await cluster.wait_replicated("JP", "EU", first.tree_size)
+        eu = cluster.gateways["EU"]
+        await suspend_partner(cluster.node("EU"), "JP", actor="test", reason="test")
+        await eu.server.refresh_partners()
+        second = await cluster.publish("EU", eu_records()[2:3])  # FR AEOS: JP entitled
+        assert second.tree_size == first.tree_size + 1
+        jp_replicator = cluster.gateways["JP"].replication.replicators["EU"]
+
+        async def refused() -> bool:
+            error = jp_replicator.status.last_error or ""
+            return "PERMISSION_DENIED" in error and "suspended" in error
+
+        await eventually(refused, deadline_s=20)
+        assert (await log_head(cluster.node("JP"), "EU")).size == first.tree_size
+        await resume_partner(cluster.node("EU"), "JP", actor="test")
+        await eu.server.refresh_partners()
+        await cluster.wait_replicated("JP", "EU", second.tree_size, deadline_s=60)
+    finally:
+        await cluster.close()
