@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from gateway.cli.remote import publish_remote
 from gateway.demo_data import eu_records, eu_revocation, jp_records
+from gateway.partners import resume_partner, suspend_partner
 from gateway.query import Question
 from gateway.server.tls import local_channel
 from gateway.storage.schema import entries, records
@@ -244,8 +245,6 @@ async def test_a_partner_suspended_mid_stream_receives_nothing_more(
 ) -> None:
     """Identity is checked when a call starts; a live tail outlives that check. Suspending JP
     at EU must end JP's open stream before any entry published afterwards reaches it."""
-    from gateway.partners import resume_partner, suspend_partner
-
     cluster = Cluster(tmp_path, db_url)
     try:
         await cluster.add("EU")
