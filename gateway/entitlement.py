@@ -63,8 +63,9 @@ def decide(
             if not was_open:
                 open_state[state_key] = True
                 decision.state_changes[state_key] = True
-        elif was_open:
-            # The record that ends the entitlement still reaches the partner.
+        elif was_open and (not record.audience or partner in record.audience):
+            # The record that ends the entitlement still reaches the partner, unless the
+            # issuer's audience explicitly leaves it out (the issuer's choice wins).
             decision.partners.add(partner)
             open_state[state_key] = False
             decision.state_changes[state_key] = False

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crypto.envelope import envelope_to_json
 from gateway.audit import record_action
 from gateway.config import parse_hostport
 from gateway.errors import InputError
@@ -122,6 +123,8 @@ async def add_partner(
                 f"{statement.admin} is already pinned with root {existing.root_fingerprint}; "
                 "remove it first to pin another root"
             )
+        if existing is not None:
+            _refuse_rollback(existing, chain, statement.version, source)
         values = {
             "root_fingerprint": fingerprint,
             "trust_version": statement.version,
@@ -164,6 +167,22 @@ async def add_partner(
         )
         row = (await conn.execute(select(partners).where(partners.c.code == statement.admin))).one()
     return _info(row)
+
+
+def _refuse_rollback(existing: Any, chain: list[Any], version: int, source: str) -> None:
+    """A re-added bundle may only extend the chain we hold: an older chain would bring back
+    keys a later statement revoked (TUF's rollback rule)."""
+    if version < existing.trust_version:
+        raise TrustError(
+            f"{source}: trust statement version {version} is older than the pinned "
+            f"version {existing.trust_version} of {existing.code}"
+        )
+    held = parse_bundle(bytes(existing.bundle), f"stored bundle of {existing.code}")
+    if [envelope_to_json(e) for e in chain[: len(held)]] != [envelope_to_json(e) for e in held]:
+        raise TrustError(
+            f"{source}: the chain does not extend the {len(held)} statement(s) pinned for "
+            f"{existing.code}"
+        )
 
 
 async def list_partners(node: Node) -> list[PartnerInfo]:

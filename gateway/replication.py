@@ -88,6 +88,7 @@ async def load_state(conn: AsyncConnection, code: str) -> PartnerLogState:
 def verify_note(note: str, statement: TrustStatement) -> Checkpoint:
     """Step 2: a checkpoint signed by one of the partner's checkpoint keys."""
     problems: list[str] = []
+    revoked: str | None = None
     for key in statement.signing_keys:
         if key.public_key.scheme is not Scheme.ED25519:
             continue
@@ -103,12 +104,15 @@ def verify_note(note: str, statement: TrustStatement) -> Checkpoint:
                 "bad_checkpoint", f"checkpoint origin {cp.origin!r} is not {statement.log_origin!r}"
             )
         if key.revoked_at_index is not None and cp.size > key.revoked_at_index:
-            raise ReplicationFaultError(
-                "revoked_key",
+            # Keep looking: during a rotation the note may also carry a valid key's signature.
+            revoked = (
                 f"checkpoint of size {cp.size} signed by key {key.key_id} "
-                f"revoked from index {key.revoked_at_index}",
+                f"revoked from index {key.revoked_at_index}"
             )
+            continue
         return cp
+    if revoked is not None:
+        raise ReplicationFaultError("revoked_key", revoked)
     detail = problems[0] if problems else "no Ed25519 checkpoint key in the trust statement"
     raise ReplicationFaultError("bad_checkpoint", f"checkpoint does not verify: {detail}")
 

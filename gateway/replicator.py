@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -162,7 +163,9 @@ class Replicator:
         self.code = code
         self.open_transport = open_transport
         self.status = ReplicatorStatus()
-        self._statement: tuple[int, TrustStatement] | None = None
+        # Keyed by pinned root and bundle digest: a partner removed and re-pinned (maybe with
+        # another root, again at version 1) must never be checked against the old statement.
+        self._statement: tuple[tuple[str, int, bytes], TrustStatement] | None = None
         self.applied = asyncio.Event()
 
     async def _partner(self) -> Any:
@@ -172,8 +175,9 @@ class Replicator:
             ).one_or_none()
 
     def _statement_for(self, row: Any) -> TrustStatement:
-        if self._statement is None or self._statement[0] != row.trust_version:
-            self._statement = (row.trust_version, partner_statement(row))
+        key = (row.root_fingerprint, row.trust_version, hashlib.sha256(bytes(row.bundle)).digest())
+        if self._statement is None or self._statement[0] != key:
+            self._statement = (key, partner_statement(row))
         return self._statement[1]
 
     async def _stored_leaves(self, start: int, count: int) -> list[bytes]:

@@ -247,6 +247,12 @@ class TrustStatement:
             signing_keys=keys,
             origin=doc["log_origin"],
         )
+        if statement.log_origin != log_origin(admin):
+            # Bound to the administration, so one partner can never claim another's log.
+            raise TrustError(
+                f"trust statement $.log_origin: {statement.log_origin!r} is not "
+                f"{log_origin(admin)!r}"
+            )
         if statement.canonical_bytes() != payload:
             # Only canonical payloads are accepted, so one statement has exactly one encoding.
             raise TrustError("trust statement payload is not RFC 8785 canonical JSON")

@@ -140,3 +140,10 @@ def test_bundle_round_trip_and_malformed_bundles() -> None:
     ]:
         with pytest.raises(BundleFormatError, match=needle.replace("[", r"\[").replace("]", r"\]")):
             parse_bundle(bad)
+
+
+def test_the_log_origin_is_bound_to_the_administration() -> None:
+    root = PrivateKeySigner.generate()
+    other_origin = dataclasses.replace(statement(root), origin="us.mragw/log")
+    with pytest.raises(TrustError, match="log_origin"):
+        verify_chain([sign_statement(other_origin, [root])], root.key_id, now=NOW)
