@@ -41,7 +41,12 @@ from gateway.records import AeoStatusRecord, Record
 from gateway.storage.schema import entries, logs
 from gateway.storage.tiles import apply_tile_updates
 from gateway.trust import TrustStatement
-from gateway.verification import EntryCheck, parse_envelope, verify_pending
+from gateway.verification import (
+    EntryCheck,
+    apply_revocations,
+    parse_envelope,
+    verify_pending,
+)
 from registry.errors import QuestionError
 from registry.resolver import Recogniser
 
@@ -285,6 +290,8 @@ async def verify_and_index(
 
     Returns how many entries were verified. Runs in the caller's transaction.
     """
+    # A newer trust statement may revoke a key some held entries were verified with.
+    await apply_revocations(conn, code, statement)
     checks = await verify_pending(conn, code, statement, limit=limit)
     valid = [c.index for c in checks if c.state == "valid"]
     invalid = [c for c in checks if c.state == "invalid"]

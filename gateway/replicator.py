@@ -276,6 +276,12 @@ class Replicator:
                     async for batch in transport.subscribe(state.size):
                         self.status.connected = True
                         self.status.last_error = None
+                        # A suspension, removal or new trust statement takes effect at the
+                        # next batch, not at the next reconnection.
+                        row = await self._partner()
+                        if row is None or row.suspended or row.quarantined:
+                            break
+                        statement = self._statement_for(row)
                         await self.apply(batch, transport, statement)
                         backoff = self.node.config.replication.backoff_initial_s
             except PartnerQuarantinedError as error:

@@ -33,6 +33,8 @@ class EntryCheck:
     index: int
     state: str
     problem: str | None = None
+    # The key whose signature made the entry valid (kept so a later revocation can find it).
+    signer: str | None = None
 
 
 def parse_envelope(envelope: bytes) -> envelope_pb2.Envelope:
@@ -68,7 +70,7 @@ def check_entry(index: int, envelope: bytes, statement: TrustStatement) -> Entry
                 f"{key.revoked_at_index}"
             )
             continue
-        return EntryCheck(index, "valid")
+        return EntryCheck(index, "valid", signer=key.key_id)
     if revoked_problem is not None:
         return EntryCheck(index, "revoked", revoked_problem)
     return EntryCheck(
@@ -97,6 +99,27 @@ async def verify_pending(
         await conn.execute(
             update(entries)
             .where(entries.c.log == log, entries.c.idx == check.index)
-            .values(sig_state=check.state)
+            .values(sig_state=check.state, signer=check.signer)
         )
     return checks
+
+
+async def apply_revocations(conn: AsyncConnection, log: str, statement: TrustStatement) -> int:
+    """Entries already verified with a key the statement now revokes at index N become
+    ``revoked`` from N on: never used in an answer again (no quarantine)."""
+    changed = 0
+    for key in statement.signing_keys:
+        if key.revoked_at_index is None:
+            continue
+        result = await conn.execute(
+            update(entries)
+            .where(
+                entries.c.log == log,
+                entries.c.signer == key.key_id,
+                entries.c.idx >= key.revoked_at_index,
+                entries.c.sig_state == "valid",
+            )
+            .values(sig_state="revoked")
+        )
+        changed += result.rowcount or 0
+    return changed

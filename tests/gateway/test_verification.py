@@ -1,0 +1,99 @@
+"""Entry signatures: checked against the issuer's trust statement, and revocation bound to
+the log index (entries from the revocation index on become unusable, earlier ones stay)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crypto.keys import PrivateKeySigner
+from crypto.merkle import leaf_hash
+from gateway.issuer_log import envelope_bytes
+from gateway.storage.schema import entries
+from gateway.storage.tiles import create_empty_log
+from gateway.trust import SigningKey, TrustStatement
+from gateway.verification import apply_revocations, check_entry, verify_pending
+
+NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+TYPE = "application/vnd.mra.v1.AeoStatus+protobuf"
+
+
+def statement(*keys: SigningKey) -> TrustStatement:
+    root = PrivateKeySigner.generate()
+    return TrustStatement(
+        admin="EU",
+        version=1,
+        issued=NOW,
+        expires=NOW + dt.timedelta(days=9),
+        endpoint="eu:7443",
+        root_key=root.public_key,
+        tls_ca_pem="",
+        signing_keys=keys,
+    )
+
+
+def test_check_entry_states() -> None:
+    good, other = PrivateKeySigner.generate(), PrivateKeySigner.generate()
+    trusted = statement(SigningKey(good.public_key, valid_from=NOW))
+    envelope = envelope_bytes(TYPE, b"payload", good)
+    assert check_entry(3, envelope, trusted).state == "valid"
+    assert check_entry(3, envelope, trusted).signer == good.key_id
+    assert check_entry(3, envelope_bytes(TYPE, b"payload", other), trusted).state == "invalid"
+    tampered = envelope.replace(b"payload", b"paYload")
+    assert check_entry(3, tampered, trusted).state == "invalid"
+    assert check_entry(3, b"\xff\xff", trusted).state == "invalid"
+    revoked = statement(SigningKey(good.public_key, valid_from=NOW, revoked_at_index=3))
+    assert check_entry(2, envelope, revoked).state == "valid"
+    assert check_entry(3, envelope, revoked).state == "revoked"
+
+
+async def test_a_later_revocation_marks_verified_entries_from_its_index(
+    engine: AsyncEngine,
+) -> None:
+    key = PrivateKeySigner.generate()
+    before = statement(SigningKey(key.public_key, valid_from=NOW))
+    async with engine.begin() as conn:
+        await create_empty_log(conn, "EU", own=False)
+        await conn.execute(
+            entries.insert(),
+            [
+                {
+                    "log": "EU",
+                    "idx": i,
+                    "leaf_hash": leaf_hash(env),
+                    "envelope": env,
+                    "payload_type": None,
+                    "sig_state": "unverified",
+                    "signer": None,
+                    "content_digest": None,
+                    "appended_at": time.time(),
+                }
+                for i, env in enumerate(
+                    envelope_bytes(TYPE, f"p{i}".encode(), key) for i in range(5)
+                )
+            ],
+        )
+        checks = await verify_pending(conn, "EU", before)
+    assert [c.state for c in checks] == ["valid"] * 5
+    after = dataclasses.replace(
+        before,
+        version=2,
+        signing_keys=(SigningKey(key.public_key, valid_from=NOW, revoked_at_index=2),),
+    )
+    async with engine.begin() as conn:
+        assert await apply_revocations(conn, "EU", after) == 3
+    async with engine.connect() as conn:
+        states = (
+            (
+                await conn.execute(
+                    select(entries.c.sig_state).where(entries.c.log == "EU").order_by(entries.c.idx)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert list(states) == ["valid", "valid", "revoked", "revoked", "revoked"]
