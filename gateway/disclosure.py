@@ -13,7 +13,9 @@ open, and an identical disclosure is deduplicated by content digest anyway).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,16 +25,25 @@ from gateway.datasets import active_recogniser
 from gateway.entitlement import status_entitles
 from gateway.issuer_log import IssuerLog, PreparedEntry, prepare
 from gateway.node import Node
-from gateway.records import AeoStatusRecord
+from gateway.records import AeoStatusRecord, Record
 from gateway.storage.schema import disclosure_state, entries, partners, records
 from gateway.verification import parse_envelope
+from registry.errors import QuestionError
 
 # Statuses after which an authorisation is over; a newly entitled partner is not told of them.
 ENDED = frozenset({"REVOKED", "ANNULLED", "WITHDRAWN", "CONSENT_WITHDRAWN"})
 
 
-async def current_records(conn: AsyncConnection, admin: str) -> list[AeoStatusRecord]:
-    """The newest original record of every authorisation in our own log."""
+async def candidate_indices(
+    conn: AsyncConnection,
+    admin: str,
+    partner_codes: list[str],
+    open_keys: set[tuple[str, tuple[str, str, str]]],
+    may_recognise: Callable[[str, str, str], bool],
+) -> dict[int, list[str]]:
+    """Index of the newest original record of each authorisation -> partners that may be newly
+    entitled to it, from the decoded index alone (no envelope is parsed here, so a pass that
+    discloses nothing stays cheap on a large log)."""
     rows = (
         await conn.execute(
             select(
@@ -41,39 +52,49 @@ async def current_records(conn: AsyncConnection, admin: str) -> list[AeoStatusRe
                 records.c.aeo_type,
                 records.c.status_date,
                 records.c.idx,
+                records.c.status,
+                records.c.consent,
             ).where(records.c.log == admin, records.c.disclosed_to.is_(None))
         )
     ).all()
-    newest: dict[tuple[str, str, str], tuple[str, int]] = {}
+    newest: dict[tuple[str, str, str], Any] = {}
     for row in rows:
         key = (row.issuer, row.authorisation, row.aeo_type)
-        candidate = (row.status_date, row.idx)
-        if key not in newest or candidate > newest[key]:
-            newest[key] = candidate
-    if not newest:
-        return []
-    wanted = sorted(idx for _, idx in newest.values())
-    out: list[AeoStatusRecord] = []
+        held = newest.get(key)
+        if held is None or (row.status_date, row.idx) > (held.status_date, held.idx):
+            newest[key] = row
+    out: dict[int, list[str]] = {}
+    for key, row in newest.items():
+        if row.status in ENDED or not row.consent:
+            # Nothing to tell a partner that never saw the authorisation while it was in force:
+            # disclose only what can still be relied on (data minimisation).
+            continue
+        wanted = [
+            p
+            for p in partner_codes
+            if (p, key) not in open_keys and may_recognise(p, row.issuer, row.aeo_type)
+        ]
+        if wanted:
+            out[int(row.idx)] = wanted
+    return out
+
+
+async def decode_own(conn: AsyncConnection, admin: str, wanted: list[int]) -> dict[int, Record]:
+    out: dict[int, Record] = {}
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start : start + 1000]
-        envelopes = (
-            (
-                await conn.execute(
-                    select(entries.c.envelope)
-                    .where(entries.c.log == admin, entries.c.idx.in_(chunk))
-                    .order_by(entries.c.idx)
+        rows = (
+            await conn.execute(
+                select(entries.c.idx, entries.c.envelope).where(
+                    entries.c.log == admin, entries.c.idx.in_(chunk)
                 )
             )
-            .scalars()
-            .all()
-        )
-        for raw in envelopes:
-            if raw is None:
+        ).all()
+        for row in rows:
+            if row.envelope is None:
                 continue  # erased or pruned: nothing left to disclose
-            message = parse_envelope(bytes(raw))
-            record = codec.decode(message.payload_type, bytes(message.payload))
-            if isinstance(record, AeoStatusRecord):
-                out.append(record)
+            message = parse_envelope(bytes(row.envelope))
+            out[int(row.idx)] = codec.decode(message.payload_type, bytes(message.payload))
     return out
 
 
@@ -87,19 +108,35 @@ async def disclose(node: Node, *, actor: str, today: date | None = None) -> int:
         )
         if not partner_codes:
             return 0
-        current = await current_records(conn, node.admin)
         state_rows = (await conn.execute(select(disclosure_state))).all()
+        open_keys = {
+            (r.partner, (r.issuer, r.authorisation, r.aeo_type)) for r in state_rows if r.open
+        }
+        answers: dict[tuple[str, str, str], bool] = {}
+
+        def may_recognise(partner: str, issuer: str, aeo_type: str) -> bool:
+            key = (partner, issuer, aeo_type)
+            if key not in answers:
+                try:
+                    answers[key] = recogniser.check(partner, issuer, aeo_type, day).recognised
+                except QuestionError:
+                    answers[key] = False
+            return answers[key]
+
+        candidates = await candidate_indices(
+            conn, node.admin, partner_codes, open_keys, may_recognise
+        )
+        if not candidates:
+            return 0
+        decoded = await decode_own(conn, node.admin, sorted(candidates))
         checkpoint_signer, entry_signer = await node.active_signers(conn)
-    open_keys = {(r.partner, (r.issuer, r.authorisation, r.aeo_type)) for r in state_rows if r.open}
     due: list[PreparedEntry] = []
-    for record in current:
-        if record.status in ENDED:
-            # Nothing to tell a partner that never saw the authorisation while it was in force:
-            # disclose only what can still be relied on (data minimisation).
+    for idx in sorted(candidates):
+        record = decoded.get(idx)
+        if not isinstance(record, AeoStatusRecord):
             continue
-        for partner in partner_codes:
-            if (partner, record.key) in open_keys:
-                continue
+        for partner in candidates[idx]:
+            # The full rule (audience included) on the decoded record.
             if status_entitles(recogniser, record, partner, day):
                 due.append(prepare(record, entry_signer, disclosed_to=partner))
     appended = 0

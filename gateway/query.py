@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -396,6 +396,18 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
         yield items[start : start + size]
 
 
+def _grouped(keys: Iterable[tuple[Any, ...]]) -> Iterable[tuple[tuple[Any, ...], Sequence[Any]]]:
+    """Split keys into (all but the last part, chunk of last parts), so a lookup reads
+    ``a = ? AND b = ? AND c IN (...)``: SQLite uses every column of the index for that, while
+    a row-value ``(a, b, c) IN (...)`` uses only the first and scans the rest."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for key in keys:
+        groups.setdefault(tuple(key[:-1]), []).append(key[-1])
+    for prefix in sorted(groups):
+        for chunk in _chunks(sorted(set(groups[prefix]))):
+            yield prefix, chunk
+
+
 class ActiveDataset:
     """The node's active registry dataset, re-read only when its version changes.
 
@@ -620,11 +632,15 @@ class Checker:
             {(r.log, r.issuer, r.authorisation) for ms in matches.values() for _, r in ms}
         )
         out: dict[tuple[str, str, str], list[StatusRecord]] = {}
-        for chunk in _chunks(keys):
+        for (log, issuer), chunk in _grouped(keys):
             stmt = (
                 select(*_RECORD_COLUMNS)
                 .select_from(records.join(entries, _VALID_ENTRY))
-                .where(tuple_(records.c.log, records.c.issuer, records.c.authorisation).in_(chunk))
+                .where(
+                    records.c.log == log,
+                    records.c.issuer == issuer,
+                    records.c.authorisation.in_(chunk),
+                )
             )
             for row in (await conn.execute(stmt)).all():
                 rec = _record(row)
@@ -801,10 +817,10 @@ class Checker:
         conn: AsyncConnection, pairs: set[tuple[str, int]]
     ) -> dict[tuple[str, int], list[OperatorId]]:
         out: dict[tuple[str, int], list[OperatorId]] = {}
-        for chunk in _chunks(sorted(pairs)):
+        for (log,), chunk in _grouped(pairs):
             stmt = select(
                 identifiers.c.log, identifiers.c.idx, identifiers.c.scheme, identifiers.c.value
-            ).where(tuple_(identifiers.c.log, identifiers.c.idx).in_(chunk))
+            ).where(identifiers.c.log == log, identifiers.c.idx.in_(chunk))
             for row in (await conn.execute(stmt)).all():
                 out.setdefault((row.log, int(row.idx)), []).append(
                     OperatorId(row.scheme, row.value)
@@ -835,9 +851,9 @@ class Checker:
                 size, note = max(candidates, key=lambda c: c[0])
                 heads[m["code"]] = (note, size)
         envelopes: dict[tuple[str, int], bytes | None] = {}
-        for chunk in _chunks(sorted(wanted)):
+        for (log,), chunk in _grouped(wanted):
             stmt = select(entries.c.log, entries.c.idx, entries.c.envelope).where(
-                tuple_(entries.c.log, entries.c.idx).in_(chunk), entries.c.sig_state == VALID
+                entries.c.log == log, entries.c.idx.in_(chunk), entries.c.sig_state == VALID
             )
             for row in (await conn.execute(stmt)).all():
                 envelopes[(row.log, int(row.idx))] = (
@@ -1066,19 +1082,21 @@ class Checker:
         latest (status_date, index) among the earlier entries of the same key."""
         keys = sorted({r.key for r in recs})
         history: dict[tuple[str, str, str, str], list[StatusRecord]] = {}
-        for chunk in _chunks(keys):
+        wanted = set(keys)
+        for (log, issuer), chunk in _grouped((k[0], k[1], k[2]) for k in keys):
             stmt = (
                 select(*_RECORD_COLUMNS)
                 .select_from(records.join(entries, _VALID_ENTRY))
                 .where(
-                    tuple_(
-                        records.c.log, records.c.issuer, records.c.authorisation, records.c.aeo_type
-                    ).in_(chunk)
+                    records.c.log == log,
+                    records.c.issuer == issuer,
+                    records.c.authorisation.in_(chunk),
                 )
             )
             for row in (await conn.execute(stmt)).all():
                 rec = _record(row)
-                history.setdefault(rec.key, []).append(rec)
+                if rec.key in wanted:
+                    history.setdefault(rec.key, []).append(rec)
         out: dict[tuple[str, int], str] = {}
         for r in recs:
             earlier = [x for x in history.get(r.key, ()) if x.idx < r.idx]

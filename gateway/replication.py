@@ -22,7 +22,7 @@ Entry signatures are not checked here (they are checked before first use, by the
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -285,6 +285,7 @@ async def verify_and_index(
     recogniser: Recogniser,
     own_admin: str,
     limit: int = 5000,
+    indices: Iterable[int] | None = None,
 ) -> int:
     """Verify pending entries' signatures, index the valid ones; quarantine on an invalid one.
 
@@ -292,7 +293,7 @@ async def verify_and_index(
     """
     # A newer trust statement may revoke a key some held entries were verified with.
     await apply_revocations(conn, code, statement)
-    checks = await verify_pending(conn, code, statement, limit=limit)
+    checks = await verify_pending(conn, code, statement, indices=indices, limit=limit)
     valid = [c.index for c in checks if c.state == "valid"]
     invalid = [c for c in checks if c.state == "invalid"]
     indexed: list[IndexedEntry] = []
