@@ -158,10 +158,17 @@ class ReplicatorStatus:
 
 
 class Replicator:
-    def __init__(self, node: Node, code: str, open_transport: OpenTransport) -> None:
+    def __init__(
+        self,
+        node: Node,
+        code: str,
+        open_transport: OpenTransport,
+        on_applied: Callable[[], None] | None = None,
+    ) -> None:
         self.node = node
         self.code = code
         self.open_transport = open_transport
+        self.on_applied = on_applied
         self.status = ReplicatorStatus()
         # Keyed by pinned root and bundle digest: a partner removed and re-pinned (maybe with
         # another root, again at version 1) must never be checked against the old statement.
@@ -232,6 +239,8 @@ class Replicator:
         self.status.entries += len(verified.leaves)
         self.status.last_batch_at = time.time()
         self.applied.set()
+        if self.on_applied is not None:
+            self.on_applied()
         return len(verified.leaves)
 
     async def verify_pending(self, statement: TrustStatement, indices: range | None = None) -> None:
@@ -320,9 +329,16 @@ class Replicator:
 class ReplicationManager:
     """Runs one replicator per pinned partner that is neither suspended nor quarantined."""
 
-    def __init__(self, node: Node, open_transport: OpenTransport) -> None:
+    def __init__(
+        self,
+        node: Node,
+        open_transport: OpenTransport,
+        on_applied: Callable[[], None] | None = None,
+    ) -> None:
         self.node = node
         self.open_transport = open_transport
+        # Called after a batch of a partner's entries became usable (wakes Watch streams).
+        self.on_applied = on_applied
         self.replicators: dict[str, Replicator] = {}
         self._tasks: dict[str, asyncio.Task[str]] = {}
 
@@ -351,7 +367,7 @@ class ReplicationManager:
                 del self._tasks[code]
         for code in sorted(wanted - set(self._tasks)):
             replicator = self.replicators.get(code) or Replicator(
-                self.node, code, self.open_transport
+                self.node, code, self.open_transport, self.on_applied
             )
             self.replicators[code] = replicator
             self._tasks[code] = asyncio.create_task(replicator.run(), name=f"replicate-{code}")

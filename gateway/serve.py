@@ -70,7 +70,9 @@ class Gateway:
             node, self.watcher, stopping=self.draining, authorise=self._may_read
         )
         self.checker = Checker.for_node(node)
-        self.replication = ReplicationManager(node, self.open_transport)
+        self.replication = ReplicationManager(
+            node, self.open_transport, on_applied=self.checker.notify
+        )
         self.server = GatewayServer(
             node,
             exchange=ExchangeServicer(self.exchange, self._partner_code),

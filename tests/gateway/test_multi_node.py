@@ -272,3 +272,29 @@ async def test_a_partner_suspended_mid_stream_receives_nothing_more(
         await cluster.wait_replicated("JP", "EU", second.tree_size, deadline_s=60)
     finally:
         await cluster.close()
+
+
+async def test_watch_at_the_partner_wakes_on_replicated_records(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Replicated entries wake Watch at once: with JP's poll interval set to a minute, a Watch
+    that relied on polling would not see EU's record within the deadline."""
+    cluster = Cluster(tmp_path, db_url)
+    try:
+        await cluster.add("EU")
+        await cluster.add("JP", MRAGW_REPLICATION__POLL_INTERVAL_S="60")
+        # Pinned before JP starts: with a one-minute poll, JP only looks at its partners once.
+        await cluster.connect("EU", "JP")
+        await cluster.start("EU")
+        await cluster.start("JP")
+        checker = cluster.gateways["JP"].checker
+        stream = await checker.start_watch()
+        try:
+            await cluster.publish("EU", eu_records()[:1])
+            change = await asyncio.wait_for(anext(stream), timeout=20)
+        finally:
+            await stream.aclose()
+        assert change.log == "EU"
+        assert change.record.authorisation == "DEAEOF0000012"
+    finally:
+        await cluster.close()
