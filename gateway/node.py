@@ -245,7 +245,7 @@ async def initialise_node(
                     "admin": admin,
                     "root_key": root.key_id,
                     "signing_keys": [k.key_id for k in keys],
-                    "tls_ca": ca_cert.fingerprint(_sha256()).hex(),
+                    "tls_ca": ca_cert.fingerprint(hashes.SHA256()).hex(),
                 },
             )
     finally:
@@ -258,10 +258,6 @@ def _fresh_home(home: Path) -> Path:
     if (resolved / CONFIG_FILE).exists():
         raise InputError(f"--home {resolved}: a node already lives here")
     return resolved
-
-
-def _sha256() -> Any:
-    return hashes.SHA256()
 
 
 def _document(config: Config) -> dict[str, Any]:

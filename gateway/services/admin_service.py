@@ -20,7 +20,6 @@ from gateway.issuer_log import IssuerLog, PublishResult
 from gateway.node import Node
 from gateway.records import Record, RecordInputError, record_from_mapping
 from gateway.services.errors import guarded
-from gateway.status import node_status
 from mra.v1 import admin_pb2, admin_pb2_grpc, log_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -283,4 +282,4 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return response
 
 
-__all__ = ["AdminServicer", "node_status", "records_from_requests"]
+__all__ = ["AdminServicer", "records_from_requests"]
