@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
 async def check_document(
     home: Path,
     *,
+    target: str | None = None,
     operator: str,
     issuer: str,
     scheme: str | None = None,
@@ -54,6 +55,60 @@ async def check_document(
             )
         )
         return answer.to_json()
+    finally:
+        await node.close()
+
+
+async def remote_check_document(
+    home: Path,
+    *,
+    target: str | None,
+    operator: str,
+    issuer: str,
+    scheme: str | None = None,
+    type_: str | None = None,
+    at: str | None = None,
+    mode: str | None = None,
+    strict: bool = False,
+    evidence: bool = False,
+) -> dict[str, Any]:
+    """The same document, asked of a running gateway's QueryService over mTLS (``--target``)."""
+    import grpc
+
+    from gateway.cli.remote import RPC_TIMEOUT_S, translate_rpc_error
+    from gateway.node import Node
+    from gateway.server.tls import local_channel
+    from gateway.services.query_service import document_from_response
+    from mra.v1 import query_pb2, query_pb2_grpc, records_pb2
+
+    request = query_pb2.CheckRequest(
+        operator_id=operator, issuer=issuer, strict=strict, evidence=evidence
+    )
+    try:
+        if scheme:
+            request.scheme = records_pb2.OperatorIdScheme.Value(
+                f"OPERATOR_ID_SCHEME_{scheme.strip().upper()}"
+            )
+        if mode:
+            request.mode = query_pb2.TransportMode.Value(f"TRANSPORT_MODE_{mode.strip().upper()}")
+    except ValueError as error:
+        from gateway.errors import InputError
+
+        raise InputError(f"--scheme {scheme!r} / --mode {mode!r}: {error}") from error
+    if type_:
+        request.type = type_
+    if at:
+        request.at = at
+    node = Node.open(home)
+    try:
+        where = target or ""
+        async with local_channel(node, where) as channel:
+            stub = query_pb2_grpc.QueryServiceStub(channel)
+            try:
+                response = await stub.Check(request, timeout=RPC_TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                raise translate_rpc_error(error, where) from error
+        return document_from_response(response)
     finally:
         await node.close()
 
@@ -147,12 +202,22 @@ def check(
         typer.Option("--evidence", help="Include the signed entry and its inclusion proof."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            metavar="HOST:PORT",
+            help="Ask a running gateway's QueryService instead of the database.",
+        ),
+    ] = None,
 ) -> None:
     """Is an operator, as an AEO of ISSUER, recognised by this administration on a date? Exit 0
     when answered (recognised or not), 2 for a bad question, 3 if the database is unreachable."""
+    ask = remote_check_document if target else check_document
     document = asyncio.run(
-        check_document(
+        ask(
             home,
+            target=target,
             operator=operator,
             issuer=issuer,
             scheme=scheme,

@@ -32,7 +32,7 @@ def _target(node: Node, target: str | None) -> str | None:
     return info.admin_target if info is not None else None
 
 
-def _translate(error: grpc.aio.AioRpcError, target: str) -> Exception:
+def translate_rpc_error(error: grpc.aio.AioRpcError, target: str) -> Exception:
     code = error.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return UnreachableError(f"gateway at {target} is unreachable: {error.details()}")
@@ -48,7 +48,7 @@ async def admin_call(node: Node, target: str, rpc: str, **fields: Any) -> dict[s
         try:
             response = await getattr(stub, rpc)(request_type(**fields), timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
-            raise _translate(error, target) from error
+            raise translate_rpc_error(error, target) from error
     if hasattr(response, "partner") and response.HasField("partner"):
         return partner_json(response.partner)
     if isinstance(response, admin_pb2.ListPartnersResponse):
@@ -97,7 +97,7 @@ async def publish_remote(node: Node, target: str, records: Sequence[Record]) -> 
         try:
             response = await stub.Publish(stream(), timeout=600)
         except grpc.aio.AioRpcError as error:
-            raise _translate(error, target) from error
+            raise translate_rpc_error(error, target) from error
     if response.errors:
         problems = [f"record {e.record}: {e.field}: {e.message}" for e in response.errors]
         raise RecordInputError(problems, "Publish")
@@ -121,7 +121,7 @@ async def running_status(node: Node, target: str | None) -> dict[str, Any] | Non
         except grpc.aio.AioRpcError as error:
             if target is None:
                 return None  # a stale runtime file: report from the database instead
-            raise _translate(error, where) from error
+            raise translate_rpc_error(error, where) from error
     return {
         "admin": response.admin,
         "log_size": response.log_size,

@@ -8,6 +8,7 @@ by the server layer (client certificate and role), never here.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, NoReturn
@@ -127,6 +128,12 @@ def _reason(reason: Reason) -> query_pb2.Reason:
 
 
 def _evidence(evidence: Evidence) -> query_pb2.Evidence:
+    if not evidence.available:
+        return query_pb2.Evidence(
+            leaf_index=evidence.leaf_index,
+            log=evidence.log,
+            unavailable=evidence.unavailable or "unavailable",
+        )
     return query_pb2.Evidence(
         entry=evidence.entry or b"",
         leaf_index=evidence.leaf_index,
@@ -136,6 +143,7 @@ def _evidence(evidence: Evidence) -> query_pb2.Evidence:
             hashes=list(evidence.proof),
         ),
         checkpoint=log_pb2.Checkpoint(note=(evidence.checkpoint or "").encode("utf-8")),
+        log=evidence.log,
     )
 
 
@@ -158,8 +166,12 @@ def _type_answer(answer: TypeAnswer) -> query_pb2.TypeAnswer:
             message.valid_from = record.valid_from
         if record.valid_until is not None:
             message.valid_until = record.valid_until
-    # Evidence that is unavailable stays unset; the type's warnings say why.
-    if answer.evidence is not None and answer.evidence.available:
+        message.issuer = record.issuer
+        message.consent = record.consent
+        message.log = record.log
+        message.leaf_index = record.idx
+    # Evidence that is unavailable carries only why (``unavailable``); the warnings say it too.
+    if answer.evidence is not None:
         message.evidence.CopyFrom(_evidence(answer.evidence))
     return message
 
@@ -179,6 +191,12 @@ def response_from_answer(answer: CheckAnswer) -> query_pb2.CheckResponse:
         message.operator.country = op.country or ""
         for op_id in op.operator_ids:
             message.operator.operator_ids.add(scheme=_SCHEME[op_id.scheme], value=op_id.value)
+        message.operator.issuer = op.issuer
+        message.operator.log = op.log
+        for a in op.authorisations:
+            message.operator.authorisations.add(
+                issuer=a.issuer, authorisation=a.authorisation, type=a.type, log=a.log
+            )
     return message
 
 
@@ -273,3 +291,89 @@ __all__ = [
     "response_from_answer",
     "response_from_change",
 ]
+
+
+# --- the other direction: a CheckResponse back to the ``mragw check --json`` document --------
+# Used by ``mragw check --target`` so that asking a running gateway prints exactly what asking
+# the database directly prints.
+
+_STATUS_NAME = {value: name for name, value in _STATUS.items()}
+_CERTAINTY_NAME = {value: name for name, value in _CERTAINTY.items()}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _reason_json(reason: query_pb2.Reason) -> dict[str, Any]:
+    return {
+        "arrangement": reason.arrangement if reason.HasField("arrangement") else None,
+        "code": reason.code,
+        "detail": reason.detail,
+    }
+
+
+def _evidence_json(evidence: query_pb2.Evidence) -> dict[str, Any]:
+    available = not evidence.unavailable
+    return {
+        "available": available,
+        "log": evidence.log,
+        "leaf_index": evidence.leaf_index,
+        "entry": _b64(evidence.entry) if evidence.entry else None,
+        "tree_size": evidence.inclusion_proof.tree_size if available else None,
+        "inclusion_proof": [_b64(h) for h in evidence.inclusion_proof.hashes],
+        "checkpoint": bytes(evidence.checkpoint.note).decode("utf-8") or None,
+        "detail": evidence.unavailable or None,
+    }
+
+
+def _type_json(t: query_pb2.TypeAnswer) -> dict[str, Any]:
+    has_record = t.HasField("status_date")
+    return {
+        "type": t.type,
+        "status": _STATUS_NAME.get(t.status),
+        "recognised": t.recognised,
+        "arrangements": list(t.arrangements),
+        "programme": t.programme or None,
+        "reasons": [_reason_json(r) for r in t.reasons],
+        "warnings": list(t.warnings),
+        "certainty": _CERTAINTY_NAME.get(t.certainty),
+        "evidence": _evidence_json(t.evidence) if t.HasField("evidence") else None,
+        "authorisation": t.authorisation if has_record else None,
+        "issuer": t.issuer if has_record else None,
+        "status_date": t.status_date if has_record else None,
+        "valid_from": t.valid_from if t.HasField("valid_from") else None,
+        "valid_until": t.valid_until if t.HasField("valid_until") else None,
+        "consent": t.consent if t.HasField("consent") else None,
+        "log": t.log if has_record else None,
+        "leaf_index": t.leaf_index if t.HasField("leaf_index") else None,
+    }
+
+
+def document_from_response(response: query_pb2.CheckResponse) -> dict[str, Any]:
+    operator: dict[str, Any] | None = None
+    if response.HasField("operator"):
+        op = response.operator
+        operator = {
+            "operator_ids": [
+                {"scheme": _SCHEME_NAME.get(i.scheme, "?"), "value": i.value}
+                for i in op.operator_ids
+            ],
+            "name": op.name or None,
+            "country": op.country or None,
+            "issuer": op.issuer,
+            "log": op.log,
+            "authorisations": [
+                {"issuer": a.issuer, "authorisation": a.authorisation, "type": a.type, "log": a.log}
+                for a in op.authorisations
+            ],
+        }
+    return {
+        "recognised": response.recognised,
+        "operator": operator,
+        "issuer": response.issuer,
+        "at": response.at,
+        "reasons": [_reason_json(r) for r in response.reasons],
+        "types": [_type_json(t) for t in response.types],
+        "dataset": response.dataset,
+    }

@@ -26,37 +26,39 @@ from mra.v1 import log_pb2 as mra_dot_v1_dot_log__pb2
 from mra.v1 import records_pb2 as mra_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mra/v1/query.proto\x12\x06mra.v1\x1a\x10mra/v1/log.proto\x1a\x14mra/v1/records.proto\"\xd8\x01\n\x0c\x43heckRequest\x12\x13\n\x0boperator_id\x18\x01 \x01(\t\x12(\n\x06scheme\x18\x02 \x01(\x0e\x32\x18.mra.v1.OperatorIdScheme\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x11\n\x04type\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x02\x61t\x18\x05 \x01(\tH\x01\x88\x01\x01\x12#\n\x04mode\x18\x06 \x01(\x0e\x32\x15.mra.v1.TransportMode\x12\x0e\n\x06strict\x18\x07 \x01(\x08\x12\x10\n\x08\x65vidence\x18\x08 \x01(\x08\x42\x07\n\x05_typeB\x05\n\x03_at\"P\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x18\n\x0b\x61rrangement\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\tB\x0e\n\x0c_arrangement\"S\n\x08Operator\x12(\n\x0coperator_ids\x18\x01 \x03(\x0b\x32\x12.mra.v1.OperatorId\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\"\x86\x01\n\x08\x45vidence\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12/\n\x0finclusion_proof\x18\x03 \x01(\x0b\x32\x16.mra.v1.InclusionProof\x12&\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x12.mra.v1.Checkpoint\"\x94\x03\n\nTypeAnswer\x12\x0c\n\x04type\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.mra.v1.AuthorisationStatus\x12\x12\n\nrecognised\x18\x03 \x01(\x08\x12\x14\n\x0c\x61rrangements\x18\x04 \x03(\t\x12\x11\n\tprogramme\x18\x05 \x01(\t\x12\x1f\n\x07reasons\x18\x06 \x03(\x0b\x32\x0e.mra.v1.Reason\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12$\n\tcertainty\x18\x08 \x01(\x0e\x32\x11.mra.v1.Certainty\x12\"\n\x08\x65vidence\x18\t \x01(\x0b\x32\x10.mra.v1.Evidence\x12\x15\n\rauthorisation\x18\n \x01(\t\x12\x18\n\x0bstatus_date\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x17\n\nvalid_from\x18\x0c \x01(\tH\x01\x88\x01\x01\x12\x18\n\x0bvalid_until\x18\r \x01(\tH\x02\x88\x01\x01\x42\x0e\n\x0c_status_dateB\r\n\x0b_valid_fromB\x0e\n\x0c_valid_until\"\xb8\x01\n\rCheckResponse\x12\x12\n\nrecognised\x18\x01 \x01(\x08\x12\"\n\x08operator\x18\x02 \x01(\x0b\x32\x10.mra.v1.Operator\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\t\x12\x1f\n\x07reasons\x18\x05 \x03(\x0b\x32\x0e.mra.v1.Reason\x12!\n\x05types\x18\x06 \x03(\x0b\x32\x12.mra.v1.TypeAnswer\x12\x0f\n\x07\x64\x61taset\x18\x07 \x01(\t\"8\n\x10\x43heckManyRequest\x12$\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x14.mra.v1.CheckRequest\"=\n\x11\x43heckManyResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.mra.v1.CheckResponse\"t\n\x0cWatchRequest\x12\x0f\n\x07issuers\x18\x01 \x03(\t\x12\x14\n\x0coperator_ids\x18\x02 \x03(\t\x12\r\n\x05types\x18\x03 \x03(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9b\x01\n\rWatchResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0b\n\x03log\x18\x02 \x01(\t\x12\x12\n\nleaf_index\x18\x03 \x01(\x04\x12!\n\x06record\x18\x04 \x01(\x0b\x32\x11.mra.v1.AeoStatus\x12\x34\n\x0fprevious_status\x18\x05 \x01(\x0e\x32\x1b.mra.v1.AuthorisationStatus*\x91\x01\n\rTransportMode\x12\x1e\n\x1aTRANSPORT_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRANSPORT_MODE_ROAD\x10\x01\x12\x16\n\x12TRANSPORT_MODE_AIR\x10\x02\x12\x16\n\x12TRANSPORT_MODE_SEA\x10\x03\x12\x17\n\x13TRANSPORT_MODE_RAIL\x10\x04*X\n\tCertainty\x12\x19\n\x15\x43\x45RTAINTY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x45RTAINTY_CONFIRMED\x10\x01\x12\x17\n\x13\x43\x45RTAINTY_UNCERTAIN\x10\x02\x32\xbe\x01\n\x0cQueryService\x12\x34\n\x05\x43heck\x12\x14.mra.v1.CheckRequest\x1a\x15.mra.v1.CheckResponse\x12@\n\tCheckMany\x12\x18.mra.v1.CheckManyRequest\x1a\x19.mra.v1.CheckManyResponse\x12\x36\n\x05Watch\x12\x14.mra.v1.WatchRequest\x1a\x15.mra.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mra/v1/query.proto\x12\x06mra.v1\x1a\x10mra/v1/log.proto\x1a\x14mra/v1/records.proto\"\xd8\x01\n\x0c\x43heckRequest\x12\x13\n\x0boperator_id\x18\x01 \x01(\t\x12(\n\x06scheme\x18\x02 \x01(\x0e\x32\x18.mra.v1.OperatorIdScheme\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\x11\n\x04type\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x02\x61t\x18\x05 \x01(\tH\x01\x88\x01\x01\x12#\n\x04mode\x18\x06 \x01(\x0e\x32\x15.mra.v1.TransportMode\x12\x0e\n\x06strict\x18\x07 \x01(\x08\x12\x10\n\x08\x65vidence\x18\x08 \x01(\x08\x42\x07\n\x05_typeB\x05\n\x03_at\"P\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x18\n\x0b\x61rrangement\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\tB\x0e\n\x0c_arrangement\"\x9f\x01\n\x08Operator\x12(\n\x0coperator_ids\x18\x01 \x03(\x0b\x32\x12.mra.v1.OperatorId\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\x12\x0e\n\x06issuer\x18\x04 \x01(\t\x12\x0b\n\x03log\x18\x05 \x01(\t\x12-\n\x0e\x61uthorisations\x18\x06 \x03(\x0b\x32\x15.mra.v1.Authorisation\"Q\n\rAuthorisation\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x15\n\rauthorisation\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0b\n\x03log\x18\x04 \x01(\t\"\xa8\x01\n\x08\x45vidence\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12/\n\x0finclusion_proof\x18\x03 \x01(\x0b\x32\x16.mra.v1.InclusionProof\x12&\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x12.mra.v1.Checkpoint\x12\x0b\n\x03log\x18\x05 \x01(\t\x12\x13\n\x0bunavailable\x18\x06 \x01(\t\"\xfb\x03\n\nTypeAnswer\x12\x0c\n\x04type\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.mra.v1.AuthorisationStatus\x12\x12\n\nrecognised\x18\x03 \x01(\x08\x12\x14\n\x0c\x61rrangements\x18\x04 \x03(\t\x12\x11\n\tprogramme\x18\x05 \x01(\t\x12\x1f\n\x07reasons\x18\x06 \x03(\x0b\x32\x0e.mra.v1.Reason\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12$\n\tcertainty\x18\x08 \x01(\x0e\x32\x11.mra.v1.Certainty\x12\"\n\x08\x65vidence\x18\t \x01(\x0b\x32\x10.mra.v1.Evidence\x12\x15\n\rauthorisation\x18\n \x01(\t\x12\x18\n\x0bstatus_date\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x17\n\nvalid_from\x18\x0c \x01(\tH\x01\x88\x01\x01\x12\x18\n\x0bvalid_until\x18\r \x01(\tH\x02\x88\x01\x01\x12\x0e\n\x06issuer\x18\x0e \x01(\t\x12\x14\n\x07\x63onsent\x18\x0f \x01(\x08H\x03\x88\x01\x01\x12\x0b\n\x03log\x18\x10 \x01(\t\x12\x17\n\nleaf_index\x18\x11 \x01(\x04H\x04\x88\x01\x01\x42\x0e\n\x0c_status_dateB\r\n\x0b_valid_fromB\x0e\n\x0c_valid_untilB\n\n\x08_consentB\r\n\x0b_leaf_index\"\xb8\x01\n\rCheckResponse\x12\x12\n\nrecognised\x18\x01 \x01(\x08\x12\"\n\x08operator\x18\x02 \x01(\x0b\x32\x10.mra.v1.Operator\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\t\x12\x1f\n\x07reasons\x18\x05 \x03(\x0b\x32\x0e.mra.v1.Reason\x12!\n\x05types\x18\x06 \x03(\x0b\x32\x12.mra.v1.TypeAnswer\x12\x0f\n\x07\x64\x61taset\x18\x07 \x01(\t\"8\n\x10\x43heckManyRequest\x12$\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x14.mra.v1.CheckRequest\"=\n\x11\x43heckManyResponse\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.mra.v1.CheckResponse\"t\n\x0cWatchRequest\x12\x0f\n\x07issuers\x18\x01 \x03(\t\x12\x14\n\x0coperator_ids\x18\x02 \x03(\t\x12\r\n\x05types\x18\x03 \x03(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9b\x01\n\rWatchResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0b\n\x03log\x18\x02 \x01(\t\x12\x12\n\nleaf_index\x18\x03 \x01(\x04\x12!\n\x06record\x18\x04 \x01(\x0b\x32\x11.mra.v1.AeoStatus\x12\x34\n\x0fprevious_status\x18\x05 \x01(\x0e\x32\x1b.mra.v1.AuthorisationStatus*\x91\x01\n\rTransportMode\x12\x1e\n\x1aTRANSPORT_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRANSPORT_MODE_ROAD\x10\x01\x12\x16\n\x12TRANSPORT_MODE_AIR\x10\x02\x12\x16\n\x12TRANSPORT_MODE_SEA\x10\x03\x12\x17\n\x13TRANSPORT_MODE_RAIL\x10\x04*X\n\tCertainty\x12\x19\n\x15\x43\x45RTAINTY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x45RTAINTY_CONFIRMED\x10\x01\x12\x17\n\x13\x43\x45RTAINTY_UNCERTAIN\x10\x02\x32\xbe\x01\n\x0cQueryService\x12\x34\n\x05\x43heck\x12\x14.mra.v1.CheckRequest\x1a\x15.mra.v1.CheckResponse\x12@\n\tCheckMany\x12\x18.mra.v1.CheckManyRequest\x1a\x19.mra.v1.CheckManyResponse\x12\x36\n\x05Watch\x12\x14.mra.v1.WatchRequest\x1a\x15.mra.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mra.v1.query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSPORTMODE']._serialized_start=1585
-  _globals['_TRANSPORTMODE']._serialized_end=1730
-  _globals['_CERTAINTY']._serialized_start=1732
-  _globals['_CERTAINTY']._serialized_end=1820
+  _globals['_TRANSPORTMODE']._serialized_start=1882
+  _globals['_TRANSPORTMODE']._serialized_end=2027
+  _globals['_CERTAINTY']._serialized_start=2029
+  _globals['_CERTAINTY']._serialized_end=2117
   _globals['_CHECKREQUEST']._serialized_start=71
   _globals['_CHECKREQUEST']._serialized_end=287
   _globals['_REASON']._serialized_start=289
   _globals['_REASON']._serialized_end=369
-  _globals['_OPERATOR']._serialized_start=371
-  _globals['_OPERATOR']._serialized_end=454
-  _globals['_EVIDENCE']._serialized_start=457
-  _globals['_EVIDENCE']._serialized_end=591
-  _globals['_TYPEANSWER']._serialized_start=594
-  _globals['_TYPEANSWER']._serialized_end=998
-  _globals['_CHECKRESPONSE']._serialized_start=1001
-  _globals['_CHECKRESPONSE']._serialized_end=1185
-  _globals['_CHECKMANYREQUEST']._serialized_start=1187
-  _globals['_CHECKMANYREQUEST']._serialized_end=1243
-  _globals['_CHECKMANYRESPONSE']._serialized_start=1245
-  _globals['_CHECKMANYRESPONSE']._serialized_end=1306
-  _globals['_WATCHREQUEST']._serialized_start=1308
-  _globals['_WATCHREQUEST']._serialized_end=1424
-  _globals['_WATCHRESPONSE']._serialized_start=1427
-  _globals['_WATCHRESPONSE']._serialized_end=1582
-  _globals['_QUERYSERVICE']._serialized_start=1823
-  _globals['_QUERYSERVICE']._serialized_end=2013
+  _globals['_OPERATOR']._serialized_start=372
+  _globals['_OPERATOR']._serialized_end=531
+  _globals['_AUTHORISATION']._serialized_start=533
+  _globals['_AUTHORISATION']._serialized_end=614
+  _globals['_EVIDENCE']._serialized_start=617
+  _globals['_EVIDENCE']._serialized_end=785
+  _globals['_TYPEANSWER']._serialized_start=788
+  _globals['_TYPEANSWER']._serialized_end=1295
+  _globals['_CHECKRESPONSE']._serialized_start=1298
+  _globals['_CHECKRESPONSE']._serialized_end=1482
+  _globals['_CHECKMANYREQUEST']._serialized_start=1484
+  _globals['_CHECKMANYREQUEST']._serialized_end=1540
+  _globals['_CHECKMANYRESPONSE']._serialized_start=1542
+  _globals['_CHECKMANYRESPONSE']._serialized_end=1603
+  _globals['_WATCHREQUEST']._serialized_start=1605
+  _globals['_WATCHREQUEST']._serialized_end=1721
+  _globals['_WATCHRESPONSE']._serialized_start=1724
+  _globals['_WATCHRESPONSE']._serialized_end=1879
+  _globals['_QUERYSERVICE']._serialized_start=2120
+  _globals['_QUERYSERVICE']._serialized_end=2310
 # @@protoc_insertion_point(module_scope)

@@ -194,13 +194,26 @@ class Operator(_message.Message):
     OPERATOR_IDS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     COUNTRY_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    AUTHORISATIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Legal name from the latest record."""
     country: _builtins.str
     """Country of the registered address (ISO 3166-1 alpha-2) from the latest record."""
+    issuer: _builtins.str
+    """Issuing administration of the newest record (a member state when the question named a
+    union).
+    """
+    log: _builtins.str
+    """The log (administration code) the newest record came from."""
     @_builtins.property
     def operator_ids(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.OperatorId]:
         """Every identifier of the operator found in its latest records."""
+
+    @_builtins.property
+    def authorisations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Authorisation]:
+        """Every authorisation of the operator found for the question, one per (issuer, number, type)."""
 
     def __init__(
         self,
@@ -208,14 +221,53 @@ class Operator(_message.Message):
         operator_ids: _abc.Iterable[_records_pb2.OperatorId] | None = ...,
         name: _builtins.str = ...,
         country: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+        log: _builtins.str = ...,
+        authorisations: _abc.Iterable[Global___Authorisation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["country", b"country", "name", b"name", "operator_ids", b"operator_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorisations", b"authorisations", "country", b"country", "issuer", b"issuer", "log", b"log", "name", b"name", "operator_ids", b"operator_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Operator: _TypeAlias = Operator  # noqa: Y015
+
+@_typing.final
+class Authorisation(_message.Message):
+    """One authorisation of an operator: issuer, authorisation number, programme type and the log
+    it was found in (an element of JSON `operator.authorisations`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AUTHORISATION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """Issuing administration (member state for a union's records)."""
+    authorisation: _builtins.str
+    """Authorisation or certificate number."""
+    type: _builtins.str
+    """Programme type ("AEOC", "CTPAT", ...)."""
+    log: _builtins.str
+    """The log (administration code) holding the record."""
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        authorisation: _builtins.str = ...,
+        type: _builtins.str = ...,
+        log: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorisation", b"authorisation", "issuer", b"issuer", "log", b"log", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Authorisation: _TypeAlias = Authorisation  # noqa: Y015
 
 @_typing.final
 class Evidence(_message.Message):
@@ -229,10 +281,19 @@ class Evidence(_message.Message):
     LEAF_INDEX_FIELD_NUMBER: _builtins.int
     INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
     entry: _builtins.bytes
     """The exact serialized `Envelope` bytes of the log entry holding the record."""
     leaf_index: _builtins.int
     """Index of that entry in the issuer's log (0-based)."""
+    log: _builtins.str
+    """The log (administration code) the entry belongs to."""
+    unavailable: _builtins.str
+    """Why no evidence could be given, when evidence was asked for but is unavailable (for
+    example the entry is beyond the newest checkpoint this node holds every leaf of); empty
+    when the evidence is present.
+    """
     @_builtins.property
     def inclusion_proof(self) -> _log_pb2.InclusionProof:
         """Proof that the entry is included in the tree of `checkpoint`'s size."""
@@ -248,10 +309,12 @@ class Evidence(_message.Message):
         leaf_index: _builtins.int = ...,
         inclusion_proof: _log_pb2.InclusionProof | None = ...,
         checkpoint: _log_pb2.Checkpoint | None = ...,
+        log: _builtins.str = ...,
+        unavailable: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "inclusion_proof", b"inclusion_proof"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entry", b"entry", "inclusion_proof", b"inclusion_proof", "leaf_index", b"leaf_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entry", b"entry", "inclusion_proof", b"inclusion_proof", "leaf_index", b"leaf_index", "log", b"log", "unavailable", b"unavailable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -276,6 +339,10 @@ class TypeAnswer(_message.Message):
     STATUS_DATE_FIELD_NUMBER: _builtins.int
     VALID_FROM_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """Programme type ("AEOC", "AEOS", "CTPAT", ...)."""
     status: _records_pb2.AuthorisationStatus.ValueType
@@ -298,6 +365,14 @@ class TypeAnswer(_message.Message):
     """`valid_from` of the record used; absent when no record was found."""
     valid_until: _builtins.str
     """`valid_until` of the record used; absent when open-ended or no record was found."""
+    issuer: _builtins.str
+    """Issuer of the record used (a member state for a union's records); empty without record."""
+    consent: _builtins.bool
+    """Operator consent of the record used; absent when no record was found."""
+    log: _builtins.str
+    """The log (administration code) of the record used; empty without record."""
+    leaf_index: _builtins.int
+    """Index of the record's entry in that log; absent when no record was found."""
     @_builtins.property
     def arrangements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the registry arrangements under which it is recognised (empty when recognised
@@ -334,17 +409,29 @@ class TypeAnswer(_message.Message):
         status_date: _builtins.str | None = ...,
         valid_from: _builtins.str | None = ...,
         valid_until: _builtins.str | None = ...,
+        issuer: _builtins.str = ...,
+        consent: _builtins.bool | None = ...,
+        log: _builtins.str = ...,
+        leaf_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_status_date", b"_status_date", "_valid_from", b"_valid_from", "_valid_until", b"_valid_until", "evidence", b"evidence", "status_date", b"status_date", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_consent", b"_consent", "_leaf_index", b"_leaf_index", "_status_date", b"_status_date", "_valid_from", b"_valid_from", "_valid_until", b"_valid_until", "consent", b"consent", "evidence", b"evidence", "leaf_index", b"leaf_index", "status_date", b"status_date", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_status_date", b"_status_date", "_valid_from", b"_valid_from", "_valid_until", b"_valid_until", "arrangements", b"arrangements", "authorisation", b"authorisation", "certainty", b"certainty", "evidence", b"evidence", "programme", b"programme", "reasons", b"reasons", "recognised", b"recognised", "status", b"status", "status_date", b"status_date", "type", b"type", "valid_from", b"valid_from", "valid_until", b"valid_until", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consent", b"_consent", "_leaf_index", b"_leaf_index", "_status_date", b"_status_date", "_valid_from", b"_valid_from", "_valid_until", b"_valid_until", "arrangements", b"arrangements", "authorisation", b"authorisation", "certainty", b"certainty", "consent", b"consent", "evidence", b"evidence", "issuer", b"issuer", "leaf_index", b"leaf_index", "log", b"log", "programme", b"programme", "reasons", b"reasons", "recognised", b"recognised", "status", b"status", "status_date", b"status_date", "type", b"type", "valid_from", b"valid_from", "valid_until", b"valid_until", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__consent: _TypeAlias = _typing.Literal["consent"]  # noqa: Y015
+    _WhichOneofArgType__consent: _TypeAlias = _typing.Literal["_consent", b"_consent"]  # noqa: Y015
+    _WhichOneofReturnType__leaf_index: _TypeAlias = _typing.Literal["leaf_index"]  # noqa: Y015
+    _WhichOneofArgType__leaf_index: _TypeAlias = _typing.Literal["_leaf_index", b"_leaf_index"]  # noqa: Y015
     _WhichOneofReturnType__status_date: _TypeAlias = _typing.Literal["status_date"]  # noqa: Y015
     _WhichOneofArgType__status_date: _TypeAlias = _typing.Literal["_status_date", b"_status_date"]  # noqa: Y015
     _WhichOneofReturnType__valid_from: _TypeAlias = _typing.Literal["valid_from"]  # noqa: Y015
     _WhichOneofArgType__valid_from: _TypeAlias = _typing.Literal["_valid_from", b"_valid_from"]  # noqa: Y015
     _WhichOneofReturnType__valid_until: _TypeAlias = _typing.Literal["valid_until"]  # noqa: Y015
     _WhichOneofArgType__valid_until: _TypeAlias = _typing.Literal["_valid_until", b"_valid_until"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__consent) -> _WhichOneofReturnType__consent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leaf_index) -> _WhichOneofReturnType__leaf_index | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__status_date) -> _WhichOneofReturnType__status_date | None: ...
     @_typing.overload

@@ -8,6 +8,10 @@ Every storage-touching test runs on SQLite and on PostgreSQL (one fresh database
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -296,5 +300,69 @@ async def test_watch_at_the_partner_wakes_on_replicated_records(
             await stream.aclose()
         assert change.log == "EU"
         assert change.record.authorisation == "DEAEOF0000012"
+    finally:
+        await cluster.close()
+
+
+async def test_check_through_a_running_gateway_prints_the_direct_document(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`mragw check --target` (QueryService over mTLS with the admin certificate) and
+    `mragw check` (the database) print the same JSON document."""
+    cluster = Cluster(tmp_path, db_url)
+    try:
+        await cluster.add("EU")
+        await cluster.add("JP")
+        await cluster.connect("EU", "JP")
+        await cluster.start("EU")
+        jp = await cluster.start("JP")
+        published = await cluster.publish("EU", eu_records())
+        await cluster.wait_replicated("JP", "EU", published.tree_size)
+        home = str(cluster.node("JP").config.home)
+        args = [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "check",
+            "--home",
+            home,
+            "--operator",
+            DE_AEOF,
+            "--issuer",
+            "EU",
+            "--at",
+            "2025-01-15",
+            "--evidence",
+            "--json",
+        ]
+        env = {
+            **os.environ,
+            **(
+                {"MRAGW_DATABASE__URL": cluster.node("JP").config.database.url}
+                if cluster.node("JP").config.database.url
+                else {}
+            ),
+        }
+
+        def run(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*args, *extra], capture_output=True, text=True, timeout=60, env=env, check=False
+            )
+
+        direct, remote = await asyncio.gather(
+            asyncio.to_thread(run),
+            asyncio.to_thread(run, "--target", jp.server.listeners.admin_target),
+        )
+        assert direct.returncode == 0, direct.stderr
+        assert remote.returncode == 0, remote.stderr
+        document = json.loads(direct.stdout)
+        assert document["recognised"] is True
+        assert document["types"][0]["evidence"]["available"] is True
+        assert json.loads(remote.stdout) == document
+        bad = await asyncio.to_thread(
+            run, "--target", jp.server.listeners.admin_target, "--mode", "teleport"
+        )
+        assert bad.returncode == 2
+        assert "teleport" in bad.stderr
     finally:
         await cluster.close()

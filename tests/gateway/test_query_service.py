@@ -15,7 +15,11 @@ from crypto.checkpoint import parse_note
 from crypto.merkle import leaf_hash, verify_inclusion
 from gateway.node import Node
 from gateway.query import Checker, Question
-from gateway.services.query_service import QueryServicer, response_from_answer
+from gateway.services.query_service import (
+    QueryServicer,
+    document_from_response,
+    response_from_answer,
+)
 from mra.v1 import query_pb2, query_pb2_grpc, records_pb2
 from tests.gateway.test_query import (
     A_EORI,
@@ -275,3 +279,35 @@ async def test_watch_errors(
         await asyncio.wait_for(call.read(), 10)
     assert caught.value.code() == code
     assert named in (caught.value.details() or "")
+
+
+ROUND_TRIP = [
+    Question(A_EORI, "DE", evidence=True),
+    Question("GB123456789002", "GB", evidence=True),  # evidence unavailable: beyond checkpoint
+    Question("DE000000000000004", "DE", at="2017-12-31"),
+    Question("GB123456789000", "EU", at="2020-07-01"),
+    Question("DEAEOF0001", "DE", scheme="AUTH", type="AEOF"),
+    Question("USACMEWID1234CH", "US", strict=True),
+    Question(A_EORI, "DE", type="AEOS"),
+    Question("DE999999999999999", "DE"),  # unknown operator
+]
+
+
+@pytest.mark.parametrize("question", ROUND_TRIP, ids=lambda q: f"{q.operator_id}-{q.issuer}")
+async def test_the_rpc_answer_converts_back_to_the_same_json_document(
+    served: Served, question: Question
+) -> None:
+    """`mragw check --target` prints what `mragw check` prints: the CheckResponse carries every
+    field of the JSON contract, and document_from_response restores it exactly."""
+    direct = (await served.checker.check(question)).to_json()
+    fields: dict[str, object] = {"strict": question.strict, "evidence": question.evidence}
+    if question.type:
+        fields["type"] = question.type
+    if question.at:
+        fields["at"] = str(question.at)
+    if question.scheme:
+        fields["scheme"] = records_pb2.OperatorIdScheme.Value(
+            f"OPERATOR_ID_SCHEME_{question.scheme}"
+        )
+    response = await served.stub.Check(request(question.operator_id, question.issuer, **fields))
+    assert document_from_response(response) == direct
