@@ -196,6 +196,9 @@ def test_check_response_mirrors_the_json_contract() -> None:
         "leaf_index",
         "inclusion_proof",
         "checkpoint",
+        # Extensions carrying the JSON document's evidence.log and evidence.detail.
+        "log",
+        "unavailable",
     }
     status_fields = {f.name for f in admin_pb2.PartnerStatus.DESCRIPTOR.fields}
     assert status_fields == {
