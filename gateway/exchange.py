@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import GatewayError, InputError
 from gateway.node import Node
-from gateway.storage.schema import entitlements, entries, logs, trust_statements
+from gateway.storage.schema import entitlements, entries, logs
 from gateway.storage.tiles import consistency_proof, inclusion_proof
 
 MAX_BATCH_ENTRIES = 1000
@@ -242,30 +242,7 @@ class ExchangeHandler:
     async def trust_statements(self, from_version: int | None) -> list[bytes]:
         """The current statement, or the chain from ``from_version`` to the current one."""
         async with self.node.engine.connect() as conn:
-            if from_version is None:
-                rows = (
-                    (
-                        await conn.execute(
-                            select(trust_statements.c.envelope)
-                            .order_by(trust_statements.c.version.desc())
-                            .limit(1)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-            else:
-                rows = (
-                    (
-                        await conn.execute(
-                            select(trust_statements.c.envelope)
-                            .where(trust_statements.c.version >= from_version)
-                            .order_by(trust_statements.c.version)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
+            rows = await self.node.trust_envelopes(conn, from_version)
         if not rows:
             raise OutOfRangeError(f"no trust statement from version {from_version}")
         return [bytes(r) for r in rows]

@@ -324,19 +324,21 @@ class Node:
     def ca_certificate(self) -> Any:
         return load_certificate(self.tls_bytes("ca.pem"))
 
-    async def trust_chain(self, conn: AsyncConnection, from_version: int = 1) -> list[Envelope]:
-        rows = (
-            (
-                await conn.execute(
-                    select(trust_statements.c.envelope)
-                    .where(trust_statements.c.version >= from_version)
-                    .order_by(trust_statements.c.version)
-                )
+    @staticmethod
+    async def trust_envelopes(conn: AsyncConnection, from_version: int | None = 1) -> list[bytes]:
+        """Our trust statements as stored (DSSE JSON), from ``from_version`` on; ``None``: the
+        newest only."""
+        query = select(trust_statements.c.envelope)
+        if from_version is None:
+            query = query.order_by(trust_statements.c.version.desc()).limit(1)
+        else:
+            query = query.where(trust_statements.c.version >= from_version).order_by(
+                trust_statements.c.version
             )
-            .scalars()
-            .all()
-        )
-        return [envelope_from_json(bytes(r)) for r in rows]
+        return [bytes(r) for r in (await conn.execute(query)).scalars()]
+
+    async def trust_chain(self, conn: AsyncConnection, from_version: int = 1) -> list[Envelope]:
+        return [envelope_from_json(e) for e in await self.trust_envelopes(conn, from_version)]
 
     async def trust_statement(self, conn: AsyncConnection) -> TrustStatement:
         row = (

@@ -408,6 +408,25 @@ def _grouped(keys: Iterable[tuple[Any, ...]]) -> Iterable[tuple[tuple[Any, ...],
             yield prefix, chunk
 
 
+async def _valid_records(
+    conn: AsyncConnection, keys: Iterable[tuple[str, str, str]]
+) -> list[StatusRecord]:
+    """Every usable record of the given (log, issuer, authorisation) keys, any type."""
+    out: list[StatusRecord] = []
+    for (log, issuer), chunk in _grouped(keys):
+        stmt = (
+            select(*_RECORD_COLUMNS)
+            .select_from(records.join(entries, _VALID_ENTRY))
+            .where(
+                records.c.log == log,
+                records.c.issuer == issuer,
+                records.c.authorisation.in_(chunk),
+            )
+        )
+        out.extend(_record(row) for row in (await conn.execute(stmt)).all())
+    return out
+
+
 class ActiveDataset:
     """The node's active registry dataset, re-read only when its version changes.
 
@@ -632,19 +651,8 @@ class Checker:
             {(r.log, r.issuer, r.authorisation) for ms in matches.values() for _, r in ms}
         )
         out: dict[tuple[str, str, str], list[StatusRecord]] = {}
-        for (log, issuer), chunk in _grouped(keys):
-            stmt = (
-                select(*_RECORD_COLUMNS)
-                .select_from(records.join(entries, _VALID_ENTRY))
-                .where(
-                    records.c.log == log,
-                    records.c.issuer == issuer,
-                    records.c.authorisation.in_(chunk),
-                )
-            )
-            for row in (await conn.execute(stmt)).all():
-                rec = _record(row)
-                out.setdefault((rec.log, rec.issuer, rec.authorisation), []).append(rec)
+        for rec in await _valid_records(conn, keys):
+            out.setdefault((rec.log, rec.issuer, rec.authorisation), []).append(rec)
         return out
 
     def _decide(
@@ -1083,20 +1091,9 @@ class Checker:
         keys = sorted({r.key for r in recs})
         history: dict[tuple[str, str, str, str], list[StatusRecord]] = {}
         wanted = set(keys)
-        for (log, issuer), chunk in _grouped((k[0], k[1], k[2]) for k in keys):
-            stmt = (
-                select(*_RECORD_COLUMNS)
-                .select_from(records.join(entries, _VALID_ENTRY))
-                .where(
-                    records.c.log == log,
-                    records.c.issuer == issuer,
-                    records.c.authorisation.in_(chunk),
-                )
-            )
-            for row in (await conn.execute(stmt)).all():
-                rec = _record(row)
-                if rec.key in wanted:
-                    history.setdefault(rec.key, []).append(rec)
+        for rec in await _valid_records(conn, {(k[0], k[1], k[2]) for k in keys}):
+            if rec.key in wanted:
+                history.setdefault(rec.key, []).append(rec)
         out: dict[tuple[str, int], str] = {}
         for r in recs:
             earlier = [x for x in history.get(r.key, ()) if x.idx < r.idx]
