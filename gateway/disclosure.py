@@ -38,9 +38,8 @@ async def candidate_indices(
     conn: AsyncConnection,
     admin: str,
     partner_codes: list[str],
-    open_keys: set[tuple[str, tuple[str, str, str]]],
     may_recognise: Callable[[str, str, str], bool],
-) -> dict[int, list[str]]:
+) -> dict[int, tuple[tuple[str, str, str], list[str]]]:
     """Index of the newest original record of each authorisation -> partners that may be newly
     entitled to it, from the decoded index alone (no envelope is parsed here, so a pass that
     discloses nothing stays cheap on a large log)."""
@@ -63,19 +62,15 @@ async def candidate_indices(
         held = newest.get(key)
         if held is None or (row.status_date, row.idx) > (held.status_date, held.idx):
             newest[key] = row
-    out: dict[int, list[str]] = {}
+    out: dict[int, tuple[tuple[str, str, str], list[str]]] = {}
     for key, row in newest.items():
         if row.status in ENDED or not row.consent:
             # Nothing to tell a partner that never saw the authorisation while it was in force:
             # disclose only what can still be relied on (data minimisation).
             continue
-        wanted = [
-            p
-            for p in partner_codes
-            if (p, key) not in open_keys and may_recognise(p, row.issuer, row.aeo_type)
-        ]
+        wanted = [p for p in partner_codes if may_recognise(p, row.issuer, row.aeo_type)]
         if wanted:
-            out[int(row.idx)] = wanted
+            out[int(row.idx)] = (key, wanted)
     return out
 
 
@@ -108,10 +103,6 @@ async def disclose(node: Node, *, actor: str, today: date | None = None) -> int:
         )
         if not partner_codes:
             return 0
-        state_rows = (await conn.execute(select(disclosure_state))).all()
-        open_keys = {
-            (r.partner, (r.issuer, r.authorisation, r.aeo_type)) for r in state_rows if r.open
-        }
         answers: dict[tuple[str, str, str], bool] = {}
 
         def may_recognise(partner: str, issuer: str, aeo_type: str) -> bool:
@@ -123,19 +114,30 @@ async def disclose(node: Node, *, actor: str, today: date | None = None) -> int:
                     answers[key] = False
             return answers[key]
 
-        candidates = await candidate_indices(
-            conn, node.admin, partner_codes, open_keys, may_recognise
-        )
-        if not candidates:
+        candidates = await candidate_indices(conn, node.admin, partner_codes, may_recognise)
+        # The state is read after the records (each read is its own snapshot): every record
+        # considered then has its entitlement state at least as new, so a record published
+        # meanwhile is never mistaken for one its partners were not entitled to. The append
+        # re-checks under the log lock in any case.
+        state_rows = (await conn.execute(select(disclosure_state))).all()
+        open_keys = {
+            (r.partner, (r.issuer, r.authorisation, r.aeo_type)) for r in state_rows if r.open
+        }
+        due_to = {
+            idx: kept
+            for idx, (key, wanted) in candidates.items()
+            if (kept := [p for p in wanted if (p, key) not in open_keys])
+        }
+        if not due_to:
             return 0
-        decoded = await decode_own(conn, node.admin, sorted(candidates))
+        decoded = await decode_own(conn, node.admin, sorted(due_to))
         checkpoint_signer, entry_signer = await node.active_signers(conn)
     due: list[PreparedEntry] = []
-    for idx in sorted(candidates):
+    for idx in sorted(due_to):
         record = decoded.get(idx)
         if not isinstance(record, AeoStatusRecord):
             continue
-        for partner in candidates[idx]:
+        for partner in due_to[idx]:
             # The full rule (audience included) on the decoded record.
             if status_entitles(recogniser, record, partner, day):
                 due.append(prepare(record, entry_signer, disclosed_to=partner))

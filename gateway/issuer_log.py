@@ -236,6 +236,19 @@ class IssuerLog:
                 (await conn.execute(select(partners.c.code).order_by(partners.c.code))).scalars()
             )
             open_state = await self._open_state(conn, partner_codes, fresh)
+            # A disclosure was decided outside this lock: drop it when the partner is entitled
+            # by now (another writer disclosed or published it in the meantime).
+            fresh = [
+                e
+                for e in fresh
+                if not (
+                    e.disclosed_to is not None
+                    and isinstance(e.record, AeoStatusRecord)
+                    and open_state.get((e.disclosed_to, e.record.key), False)
+                )
+            ]
+            if not fresh:
+                return PublishResult(0, len(prepared), head.size, head.checkpoint or "", None)
             changed: dict[tuple[str, AuthKey], tuple[bool, int]] = {}
             entitlement_rows: list[dict[str, Any]] = []
             first = head.size

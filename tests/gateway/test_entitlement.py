@@ -12,12 +12,19 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.datasets import packaged_bytes, use_dataset
+from gateway.datasets import active_recogniser, packaged_bytes, use_dataset
 from gateway.demo_data import eu_records, eu_revocation
 from gateway.disclosure import disclose
+from gateway.issuer_log import IssuerLog, prepare
 from gateway.query import Question
 from gateway.storage.schema import entitlements, entries, records
-from tests.gateway.nodes import Cluster, assert_log_consistent, disclosed_records, log_head
+from tests.gateway.nodes import (
+    Cluster,
+    assert_log_consistent,
+    disclosed_records,
+    log_head,
+    records_of,
+)
 
 SECURITY_HOLDERS = {"DEAEOF0000012", "FRAEOS0000213", "ITAEOS0000921", "HRAEOF0000031"}
 APPEND_DAY = date(2029, 12, 1)
@@ -201,5 +208,34 @@ async def test_later_records_reach_an_entitled_partner_up_to_the_one_ending_it(
         async with eu.engine.connect() as conn:
             own = (await conn.execute(select(records.c.idx).where(records.c.log == "EU"))).scalars()
             assert sorted(own) == list(range(len(rows)))
+    finally:
+        await cluster.close()
+
+
+async def test_a_disclosure_decided_outside_the_lock_is_dropped_if_already_entitled(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The disclosure job decides outside the log lock; if the partner became entitled in the
+    meantime (a publish, or another disclosure run), the append drops the disclosure."""
+    cluster = Cluster(tmp_path, db_url)
+    try:
+        eu = await cluster.add("EU")
+        await cluster.add("JP")
+        await cluster.pin("EU", "JP")
+        published = await cluster.publish("EU", eu_records()[:1])  # DE AEOF: JP entitled
+        async with eu.engine.connect() as conn:
+            recogniser = await active_recogniser(conn)
+            checkpoint_signer, entry_signer = await eu.active_signers(conn)
+        (record,) = records_of(eu_records()[:1])
+        late = prepare(record, entry_signer, disclosed_to="JP")
+        result = await IssuerLog(eu).append(
+            [late],
+            recogniser=recogniser,
+            day=eu.config.today(),
+            checkpoint_signer=checkpoint_signer,
+            actor="test",
+        )
+        assert (result.appended, result.duplicates) == (0, 1)
+        assert (await log_head(eu, "EU")).size == published.tree_size
     finally:
         await cluster.close()
