@@ -281,9 +281,14 @@ def load_config(home: Path, environ: Mapping[str, str]) -> Config:
     return build_config(home, document, environ)
 
 
+def config_document(config: Config) -> dict[str, Any]:
+    """Every section with its current values, as the TOML file holds them."""
+    return {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
+
+
 def write_config(config: Config) -> Path:
     """Write every section with its current values, so the file documents all keys."""
-    document = {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
+    document = config_document(config)
     path = config.home / CONFIG_FILE
     path.write_text(tomli_w.dumps(document), encoding="utf-8")
     return path

@@ -16,7 +16,6 @@ what partners verify and what the node signs with never diverge.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 from dataclasses import dataclass
@@ -43,13 +42,13 @@ from crypto.pki import (
 from gateway.audit import record_action
 from gateway.config import (
     CONFIG_FILE,
-    SECTIONS,
     Config,
     DatabaseSection,
     KeysSection,
     NodeSection,
     ServerSection,
     build_config,
+    config_document,
     load_config,
     parse_hostport,
     write_config,
@@ -152,7 +151,7 @@ async def initialise_node(
         keys=KeysSection(passphrase_file=passphrase_file, signing_algorithm=signing_algorithm),
     )
     # Validate the whole config (time zone, URL scheme, ...) before writing anything.
-    config = build_config(home, _document(config), environ={})
+    config = build_config(home, config_document(config), environ={})
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     paths = NodePaths(home)
@@ -258,10 +257,6 @@ def _fresh_home(home: Path) -> Path:
     if (resolved / CONFIG_FILE).exists():
         raise InputError(f"--home {resolved}: a node already lives here")
     return resolved
-
-
-def _document(config: Config) -> dict[str, Any]:
-    return {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
 
 
 class Node:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -19,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.config import Config, build_config
+from gateway.config import build_config, config_document
 from gateway.disclosure import disclose
 from gateway.exchange import ExchangeHandler, LogWatcher
 from gateway.node import Node
@@ -41,20 +40,12 @@ DISCLOSURE_PERIOD_S = 24 * 3600.0
 
 
 def with_overrides(node: Node, overrides: Mapping[str, str]) -> Node:
+    """The node with ``serve``'s listener flags applied, validated like any other input."""
     if not overrides:
         return node
-    server = dataclasses.replace(node.config.server, **dict[str, Any](overrides))
-    config: Config = dataclasses.replace(node.config, server=server)
-    # Re-validate: an override is input like any other.
-    build_config(
-        config.home,
-        {
-            name: dataclasses.asdict(getattr(config, name))
-            for name in ("node", "server", "database", "limits", "replication", "keys")
-        },
-        {},
-    )
-    return Node(config)
+    document = config_document(node.config)
+    document["server"].update(overrides)
+    return Node(build_config(node.config.home, document, {}))
 
 
 class Gateway:
