@@ -69,17 +69,3 @@ async def verify_audit_chain(conn: AsyncConnection) -> AuditCheck:
             return AuditCheck(count, row.id, f"row {row.id} was altered")
         prev = row.hash
     return AuditCheck(count, None, None)
-
-
-async def audit_rows(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any]]:
-    rows = (await conn.execute(select(audit).order_by(audit.c.id.desc()).limit(limit))).all()
-    return [
-        {
-            "id": r.id,
-            "at": r.at,
-            "actor": r.actor,
-            "action": r.action,
-            "detail": json.loads(r.detail),
-        }
-        for r in rows
-    ]

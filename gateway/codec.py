@@ -40,8 +40,6 @@ def _payload_type(message: Any) -> str:
 
 AEO_STATUS_TYPE = _payload_type(records_pb2.AeoStatus)
 VALIDATION_OUTCOME_TYPE = _payload_type(records_pb2.ValidationOutcome)
-ERASURE_NOTICE_TYPE = _payload_type(records_pb2.ErasureNotice)
-RECORD_TYPES = frozenset({AEO_STATUS_TYPE, VALIDATION_OUTCOME_TYPE})
 
 _SCHEME = {
     name: getattr(records_pb2, f"OPERATOR_ID_SCHEME_{name}")
@@ -195,20 +193,8 @@ def decode(payload_type: str, payload: bytes) -> Record:
     return record
 
 
-def salt_of(payload_type: str, payload: bytes) -> bytes:
-    message: Any = (
-        records_pb2.AeoStatus()
-        if payload_type == AEO_STATUS_TYPE
-        else records_pb2.ValidationOutcome()
-    )
-    message.ParseFromString(payload)
-    return bytes(message.salt)
-
-
 __all__ = [
     "AEO_STATUS_TYPE",
-    "ERASURE_NOTICE_TYPE",
-    "RECORD_TYPES",
     "VALIDATION_OUTCOME_TYPE",
     "AeoStatusRecord",
     "PayloadError",

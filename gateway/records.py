@@ -126,14 +126,6 @@ def normalise_identifier(scheme: str, value: str) -> OperatorId:
     return OperatorId(scheme_n, value_n)
 
 
-def parse_identifier(text: str) -> OperatorId:
-    """``SCHEME:VALUE`` as used in CSV and on the command line."""
-    scheme, sep, value = text.partition(":")
-    if not sep:
-        raise ValueError(f"identifier {text!r} is not SCHEME:VALUE")
-    return normalise_identifier(scheme, value)
-
-
 class _Fields:
     """Reads one raw record, collecting every problem instead of stopping at the first."""
 

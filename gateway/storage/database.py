@@ -8,7 +8,6 @@ second writer (the CLI while ``serve`` runs) wait for the write lock instead of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, event, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -95,11 +93,3 @@ def describe_db_error(error: BaseException) -> str:
     """A one-line description without the SQL statement or bound parameters."""
     original: Any = getattr(error, "orig", None) or error
     return f"{type(original).__name__}: {str(original).splitlines()[0] if str(original) else ''}"
-
-
-def redact_url(url: str, _extra: Mapping[str, str] | None = None) -> str:
-    """The URL with any password replaced, for logs and messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable database url>"
