@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         from gateway.issuer_log import IssuerLog
         from gateway.records import parse_records
 
-        data = _read_input(file)
+        data = read_input(file)
 
         async def body(node: Node) -> dict[str, Any]:
             records = parse_records(
@@ -239,7 +239,7 @@ def registry_use(app: typer.Typer) -> None:
         """Validate a dataset file and make it the one this node answers with (audited)."""
         from gateway.datasets import use_dataset
 
-        data = _read_input(file)
+        data = read_input(file)
 
         async def body(node: Node) -> str:
             async with node.engine.begin() as conn:
@@ -260,13 +260,12 @@ async def _fingerprint(node: Node) -> str:
 MAX_INPUT_BYTES = 512 * 1024 * 1024
 
 
-def _read_input(file: Path) -> bytes:
-    try:
-        size = file.stat().st_size
-    except OSError as error:
-        raise InputError(f"{file}: {error.strerror}") from error
-    if size > MAX_INPUT_BYTES:
-        raise InputError(f"{file}: larger than {MAX_INPUT_BYTES} bytes")
+def read_input(file: Path, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """A whole input file, refused (naming it) when missing, not a file, or over ``limit``."""
+    if not file.is_file():
+        raise InputError(f"{file}: no such file")
+    if file.stat().st_size > limit:
+        raise InputError(f"{file}: larger than {limit} bytes")
     return file.read_bytes()
 
 

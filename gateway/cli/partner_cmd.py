@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text, say
-from gateway.cli.node_cmd import HomeOption, JsonOption, TargetOption, run_on_node
+from gateway.cli.node_cmd import HomeOption, JsonOption, TargetOption, read_input, run_on_node
 from gateway.node import Node
 
 app = typer.Typer(help="Onboard and manage partner administrations.", no_args_is_help=True)
@@ -55,14 +55,9 @@ def add(
     """Pin a partner after checking its bundle against the fingerprint (exit 1 on mismatch)."""
     from gateway.cli.remote import admin_call
     from gateway.disclosure import disclose
-    from gateway.errors import InputError
     from gateway.partners import add_partner
 
-    if not file.is_file():
-        raise InputError(f"{file}: no such bundle file")
-    if file.stat().st_size > MAX_BUNDLE_FILE:
-        raise InputError(f"{file}: larger than {MAX_BUNDLE_FILE} bytes")
-    bundle = file.read_bytes()
+    bundle = read_input(file, MAX_BUNDLE_FILE)
 
     async def body(node: Node) -> dict[str, Any]:
         if target:
