@@ -49,10 +49,25 @@ class DemoNode:
     admin: str
     home: Path
     process: subprocess.Popen[bytes] | None = None
+    _node: Node | None = None
 
     @property
     def node(self) -> Node:
-        return Node.open(self.home, {})
+        """The demo's own handle on this home (one engine for the whole run)."""
+        if self._node is None:
+            self._node = Node.open(self.home, {})
+        return self._node
+
+    def admin_target(self) -> str:
+        info = read_runtime(self.home)
+        if info is None:
+            raise UnreachableError(f"{self.admin} gateway is not running")
+        return info.admin_target
+
+    async def close(self) -> None:
+        if self._node is not None:
+            await self._node.close()
+            self._node = None
 
 
 @dataclass(frozen=True)
@@ -127,20 +142,12 @@ async def create_nodes(root: Path, console: Console) -> list[DemoNode]:
 async def onboard(nodes: Sequence[DemoNode], console: Console) -> None:
     bundles: dict[str, tuple[bytes, str]] = {}
     for demo in nodes:
-        node = demo.node
-        try:
-            bundles[demo.admin] = await export_bundle(node)
-        finally:
-            await node.close()
+        bundles[demo.admin] = await export_bundle(demo.node)
         console.print(f"  {demo.admin} root key fingerprint {bundles[demo.admin][1][:16]}...")
     for demo in nodes:
-        node = demo.node
-        try:
-            for other, (bundle, fingerprint) in bundles.items():
-                if other != demo.admin:
-                    await add_partner(node, bundle, fingerprint, actor="demo")
-        finally:
-            await node.close()
+        for other, (bundle, fingerprint) in bundles.items():
+            if other != demo.admin:
+                await add_partner(demo.node, bundle, fingerprint, actor="demo")
     console.print("  every administration pinned the other two (fingerprints checked)")
 
 
@@ -156,42 +163,25 @@ def start(demo: DemoNode, log_dir: Path) -> None:
 
 async def wait_ready(demo: DemoNode) -> None:
     deadline = time.monotonic() + READY_DEADLINE_S
-    node = demo.node
-    try:
-        while time.monotonic() < deadline:
-            if demo.process is not None and demo.process.poll() is not None:
-                raise UnreachableError(
-                    f"{demo.admin} gateway exited with {demo.process.returncode}"
-                )
-            if read_runtime(demo.home) is not None:
-                serving, _ = await probe_health(node, None)
-                if serving:
-                    return
-            await asyncio.sleep(0.1)
-    finally:
-        await node.close()
+    while time.monotonic() < deadline:
+        if demo.process is not None and demo.process.poll() is not None:
+            raise UnreachableError(f"{demo.admin} gateway exited with {demo.process.returncode}")
+        if read_runtime(demo.home) is not None:
+            serving, _ = await probe_health(demo.node, None)
+            if serving:
+                return
+        await asyncio.sleep(0.1)
     raise UnreachableError(f"{demo.admin} gateway not serving within {READY_DEADLINE_S:.0f}s")
 
 
 async def publish(demo: DemoNode, rows: list[dict[str, Any]]) -> dict[str, Any]:
     data = "\n".join(json.dumps(r) for r in rows).encode()
     records = parse_records(data, source=f"{demo.admin.lower()}-demo.jsonl")
-    node = demo.node
-    try:
-        info = read_runtime(demo.home)
-        if info is None:
-            raise UnreachableError(f"{demo.admin} gateway is not running")
-        return await publish_remote(node, info.admin_target, records)
-    finally:
-        await node.close()
+    return await publish_remote(demo.node, demo.admin_target(), records)
 
 
 async def status(demo: DemoNode) -> dict[str, Any]:
-    node = demo.node
-    try:
-        report = await running_status(node, None)
-    finally:
-        await node.close()
+    report = await running_status(demo.node, None)
     if report is None:
         raise UnreachableError(f"{demo.admin} gateway is not running")
     return report
@@ -204,7 +194,7 @@ async def wait_replicated(nodes: Sequence[DemoNode]) -> None:
         reports = {d.admin: await status(d) for d in nodes}
         sizes = {a: r["log_size"] for a, r in reports.items()}
         if all(
-            p["entries"] == sizes[p["admin"]] and p["connected"]
+            p["entries"] == sizes[p["admin"]] and p["connected"] and not p["unverified"]
             for r in reports.values()
             for p in r["partners"]
         ):
@@ -214,21 +204,14 @@ async def wait_replicated(nodes: Sequence[DemoNode]) -> None:
 
 
 async def ask(demo: DemoNode, question: Question) -> query_pb2.CheckResponse:
-    node = demo.node
-    try:
-        info = read_runtime(demo.home)
-        if info is None:
-            raise UnreachableError(f"{demo.admin} gateway is not running")
-        async with local_channel(node, info.admin_target) as channel:
-            stub = query_pb2_grpc.QueryServiceStub(channel)
-            return await stub.Check(
-                query_pb2.CheckRequest(
-                    operator_id=question.operator, issuer=question.issuer, at=question.date
-                ),
-                timeout=30,
-            )
-    finally:
-        await node.close()
+    async with local_channel(demo.node, demo.admin_target()) as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        return await stub.Check(
+            query_pb2.CheckRequest(
+                operator_id=question.operator, issuer=question.issuer, at=question.date
+            ),
+            timeout=30,
+        )
 
 
 def answer_row(question: Question, response: query_pb2.CheckResponse) -> list[str]:
@@ -301,6 +284,16 @@ def stop(nodes: Sequence[DemoNode], grace_s: float = 15.0) -> None:
 
 
 async def scenario(
+    root: Path, console: Console, nodes_out: list[DemoNode], keep_running: bool
+) -> int:
+    try:
+        return await _scenario(root, console, nodes_out, keep_running)
+    finally:
+        for demo in nodes_out:
+            await demo.close()
+
+
+async def _scenario(
     root: Path, console: Console, nodes_out: list[DemoNode], keep_running: bool
 ) -> int:
     console.rule("[bold]mra-gateway demo: EU, Japan and the United States")
