@@ -10,6 +10,7 @@ import grpc
 from crypto.errors import CryptoError, VerificationError
 from gateway.errors import CheckFailedError, GatewayError, InputError, UnreachableError
 from gateway.exchange import AccessEndedError, OutOfRangeError
+from gateway.query import UnknownSequenceError
 from registry.errors import RegistryError
 
 # First match wins: subclasses before their roots.
@@ -18,6 +19,7 @@ STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (CheckFailedError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnreachableError, grpc.StatusCode.UNAVAILABLE),
     (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
+    (UnknownSequenceError, grpc.StatusCode.OUT_OF_RANGE),
     (AccessEndedError, grpc.StatusCode.PERMISSION_DENIED),
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (CryptoError, grpc.StatusCode.INVALID_ARGUMENT),

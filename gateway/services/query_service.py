@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -26,21 +26,15 @@ from gateway.query import (
     Evidence,
     Question,
     TypeAnswer,
-    UnknownSequenceError,
     WatchFilter,
 )
-from gateway.services.errors import STATUS_FOR
+from gateway.services.errors import abort_for
 from mra.v1 import log_pb2, query_pb2, query_pb2_grpc, records_pb2
 from registry.errors import RegistryError
 from registry.resolver import Reason
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# The shared table, with what only this service raises first (first match wins).
-QUERY_STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (UnknownSequenceError, grpc.StatusCode.OUT_OF_RANGE),
-    *STATUS_FOR,
-)
 _OURS = (GatewayError, RegistryError, CryptoError)
 
 _SCHEME_NAME = {
@@ -65,21 +59,6 @@ _CERTAINTY = {
     "confirmed": query_pb2.CERTAINTY_CONFIRMED,
     "uncertain": query_pb2.CERTAINTY_UNCERTAIN,
 }
-
-
-def status_for(error: BaseException) -> grpc.StatusCode | None:
-    for kind, code in QUERY_STATUS_FOR:
-        if isinstance(error, kind):
-            return code
-    return None
-
-
-async def _abort(context: Context, error: Exception) -> NoReturn:
-    code = status_for(error)
-    if code is None:
-        raise error
-    await context.abort(code, str(error))
-    raise AssertionError("unreachable")  # pragma: no cover - abort always raises
 
 
 # --- protobuf -> domain ---------------------------------------------------------------------
@@ -246,7 +225,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         try:
             answer = await self.checker.check(question_from_request(request))
         except _OURS as error:
-            await _abort(context, error)
+            await abort_for(context, error)
         return response_from_answer(answer)
 
     async def CheckMany(  # noqa: N802 - gRPC method name
@@ -260,7 +239,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             questions = [question_from_request(q, n) for n, q in enumerate(request.checks)]
             answers = await self.checker.check_many(questions)
         except _OURS as error:
-            await _abort(context, error)
+            await abort_for(context, error)
         return query_pb2.CheckManyResponse(responses=[response_from_answer(a) for a in answers])
 
     async def Watch(  # noqa: N802 - gRPC method name
@@ -270,7 +249,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         try:
             feed = await self.checker.start_watch(after, filter_from_request(request))
         except _OURS as error:
-            await _abort(context, error)
+            await abort_for(context, error)
         # The starting point is fixed: initial metadata tells the client the stream is live.
         await context.send_initial_metadata(())
         # On cancellation (client gone, server stopping) CancelledError propagates as grpc.aio
@@ -280,11 +259,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 async for change in feed:
                     yield response_from_change(change)
         except _OURS as error:
-            await _abort(context, error)
+            await abort_for(context, error)
 
 
 __all__ = [
-    "QUERY_STATUS_FOR",
     "QueryServicer",
     "filter_from_request",
     "question_from_request",
