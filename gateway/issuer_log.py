@@ -91,7 +91,7 @@ def check_issuers(
     union = admin in recogniser.dataset.union_codes
     for number, record in enumerate(records_in, start=1):
         where = f"{source} record {number}"
-        day = record.status_date if isinstance(record, AeoStatusRecord) else record.date
+        day = record.day
         if union:
             try:
                 members = recogniser.members_on(admin, day)

@@ -89,6 +89,11 @@ class AeoStatusRecord:
     kind = "aeo_status"
 
     @property
+    def day(self) -> date:
+        """The date the record speaks for (union membership is judged on it)."""
+        return self.status_date
+
+    @property
     def key(self) -> tuple[str, str, str]:
         """One authorisation of one type: what a status history is kept for."""
         return (self.issuer, self.authorisation, self.aeo_type)
@@ -108,6 +113,11 @@ class ValidationOutcomeRecord:
     audience: tuple[str, ...]
 
     kind = "validation_outcome"
+
+    @property
+    def day(self) -> dt.date:
+        """The date the record speaks for (union membership is judged on it)."""
+        return self.date
 
 
 Record = AeoStatusRecord | ValidationOutcomeRecord

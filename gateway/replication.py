@@ -37,7 +37,7 @@ from gateway.errors import GatewayError
 from gateway.exchange import Batch
 from gateway.partners import quarantine
 from gateway.record_index import IndexedEntry, index_records
-from gateway.records import AeoStatusRecord, Record
+from gateway.records import Record
 from gateway.storage.schema import entries, logs
 from gateway.storage.tiles import apply_tile_updates
 from gateway.trust import TrustStatement
@@ -270,7 +270,7 @@ def issuer_belongs(recogniser: Recogniser, partner: str, record: Record) -> bool
     """A partner may only publish its own records (a union: its members' on their date)."""
     if record.issuer == partner:
         return True
-    day = record.status_date if isinstance(record, AeoStatusRecord) else record.date
+    day = record.day
     try:
         return record.issuer in recogniser.members_on(partner, day)
     except QuestionError:
