@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import record_action
+from gateway.errors import GatewayError
 from gateway.storage.schema import datasets, node_state
 from registry.dataset import parse_dataset
 from registry.resolver import Recogniser
@@ -31,11 +32,29 @@ def recogniser_for(content: bytes) -> Recogniser:
     return Recogniser(parse_dataset(content, "node dataset"))
 
 
+# Recognisers by dataset version (the SHA-256 of its content), so the hot paths that ask for
+# the active dataset (every check, every replicated batch) read one small row, not the file.
+_BY_VERSION: dict[str, Recogniser] = {}
+
+
 async def active_recogniser(conn: AsyncConnection) -> Recogniser:
-    content = (
-        await conn.execute(select(datasets.c.content).where(datasets.c.active.is_(True)))
-    ).scalar_one()
-    return recogniser_for(bytes(content))
+    """The recogniser of the node's active dataset; ``mragw registry use`` takes effect at the
+    next call, since the version is read every time."""
+    version = (
+        await conn.execute(select(datasets.c.version).where(datasets.c.active.is_(True)))
+    ).scalar()
+    if version is None:
+        raise GatewayError("the node has no active registry dataset (mragw registry use)")
+    recogniser = _BY_VERSION.get(version)
+    if recogniser is None:
+        content = (
+            await conn.execute(select(datasets.c.content).where(datasets.c.version == version))
+        ).scalar_one()
+        recogniser = recogniser_for(bytes(content))
+        if len(_BY_VERSION) >= 8:
+            _BY_VERSION.clear()
+        _BY_VERSION[version] = recogniser
+    return recogniser
 
 
 async def use_dataset(conn: AsyncConnection, content: bytes, source: str, actor: str) -> str:

@@ -53,10 +53,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.datasets import active_recogniser
-from gateway.errors import GatewayError, InputError, UnreachableError
+from gateway.errors import InputError, UnreachableError
 from gateway.records import SCHEMES, OperatorId, normalise_identifier
 from gateway.storage.database import describe_db_error
-from gateway.storage.schema import datasets, entries, identifiers, logs, record_feed, records
+from gateway.storage.schema import entries, identifiers, logs, record_feed, records
 from gateway.storage.tiles import inclusion_proof
 from registry.errors import QuestionError
 from registry.model import MODES
@@ -427,27 +427,6 @@ async def _valid_records(
     return out
 
 
-class ActiveDataset:
-    """The node's active registry dataset, re-read only when its version changes.
-
-    Reading the version is one small row; the dataset itself (and its index, built once per
-    content by :func:`gateway.datasets.recogniser_for`) is fetched only after ``mragw registry
-    use`` switched it, so a running gateway answers with a new dataset on its next question."""
-
-    def __init__(self) -> None:
-        self._recogniser: Recogniser | None = None
-
-    async def __call__(self, conn: AsyncConnection) -> Recogniser:
-        version = (
-            await conn.execute(select(datasets.c.version).where(datasets.c.active.is_(True)))
-        ).scalar()
-        if version is None:
-            raise GatewayError("the node has no active registry dataset (mragw registry use)")
-        if self._recogniser is None or self._recogniser.version != version:
-            self._recogniser = await active_recogniser(conn)
-        return self._recogniser
-
-
 class Checker:
     """Answers recognition questions from the node's database and registry dataset.
 
@@ -471,7 +450,7 @@ class Checker:
             raise ValueError("poll_interval must be positive")
         self.engine = engine
         self.admin = admin
-        self._recogniser: RecogniserSource = recogniser or ActiveDataset()
+        self._recogniser: RecogniserSource = recogniser or active_recogniser
         self._today = today
         self.poll_interval = poll_interval
         self.max_questions = max_questions
@@ -1179,7 +1158,6 @@ __all__ = [
     "STATUS_NOT_ACTIVE",
     "TYPE_NOT_IN_PROGRAMME",
     "UNKNOWN_OPERATOR",
-    "ActiveDataset",
     "Authorisation",
     "BadQuestionError",
     "Change",
