@@ -239,7 +239,6 @@ async def test_replicator_killed_mid_catch_up_resumes_without_duplicates_or_gaps
             ).one()
         entitled = sum(1 for r in bulk_records(total) if r["consent"])
         assert tuple(indexed) == (entitled, entitled)
-        await asyncio.sleep(0)
     finally:
         await cluster.close()
 
