@@ -83,7 +83,7 @@ def _check_text_line(line: str, what: str) -> None:
         raise MalformedNoteError(f"{what} contains a newline or control character")
 
 
-def _check_key_name(name: str) -> None:
+def check_key_name(name: str) -> None:
     if not _KEY_NAME.fullmatch(name):
         raise MalformedNoteError(
             f"key name {name!r} must be non-empty and contain no spaces or '+'"
@@ -92,7 +92,7 @@ def _check_key_name(name: str) -> None:
 
 def ed25519_key_hint(name: str, key: PublicKey) -> bytes:
     """C2SP signed-note key ID of an Ed25519 key: SHA-256(name || 0x0A || 0x01 || key)[:4]."""
-    _check_key_name(name)
+    check_key_name(name)
     raw = key.ed25519_raw()
     return hashlib.sha256(name.encode("utf-8") + b"\n" + _SIG_TYPE_ED25519 + raw).digest()[
         :KEY_HINT_SIZE
@@ -139,7 +139,7 @@ class NoteSignature:
     signature: bytes
 
     def __post_init__(self) -> None:
-        _check_key_name(self.name)
+        check_key_name(self.name)
         if len(self.key_hint) != KEY_HINT_SIZE or not self.signature:
             raise MalformedNoteError("a note signature needs a 4-byte key hint and a signature")
 
@@ -209,7 +209,7 @@ def _parse_signature_line(line: str, number: int) -> NoteSignature:
     if len(parts) != 2:
         raise MalformedNoteError(f"{what} must be '— <name> <base64>'")
     name, blob = parts
-    _check_key_name(name)
+    check_key_name(name)
     raw = _b64_strict(blob, f"{what} signature")
     if len(raw) <= KEY_HINT_SIZE:
         raise MalformedNoteError(f"{what} signature is too short ({len(raw)} bytes)")

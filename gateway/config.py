@@ -102,6 +102,25 @@ class KeysSection:
 
 
 @dataclass(frozen=True)
+class TrustSection:
+    # A partner's newest trust statement past its expiry stops replication from it after this
+    # long (fail closed); the partner renews with ``mragw trust renew``.
+    expiry_grace_s: float = 7 * 86400.0
+    # `mragw status` warns this many days before our own or a partner's statement expires.
+    renew_warning_days: int = 30
+    # How often a replicator asks its partner for a newer trust statement (it also asks at
+    # once when a checkpoint is signed by a key it does not know).
+    refresh_interval_s: float = 300.0
+    # Tolerated clock difference between administrations when checking key validity windows.
+    clock_skew_s: float = 300.0
+    # `mragw keys rotate`: how long a new key is published before it is used, and how long
+    # the old one stays valid after the switch.
+    rotation_overlap_s: float = 86400.0
+    # How often this gateway exchanges cosigned checkpoints with each partner (witnessing).
+    witness_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     node: NodeSection = field(default_factory=NodeSection)
@@ -110,6 +129,7 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     replication: ReplicationSection = field(default_factory=ReplicationSection)
     keys: KeysSection = field(default_factory=KeysSection)
+    trust: TrustSection = field(default_factory=TrustSection)
 
     @property
     def admin(self) -> str:
@@ -136,6 +156,7 @@ SECTIONS: dict[str, type[Any]] = {
     "limits": LimitsSection,
     "replication": ReplicationSection,
     "keys": KeysSection,
+    "trust": TrustSection,
 }
 
 

@@ -59,6 +59,13 @@ def log_origin(admin: str) -> str:
     return f"{admin.lower()}.mragw/log"
 
 
+def witness_name(admin: str) -> str:
+    """The C2SP cosigner name an administration's gateway cosigns checkpoints as; its keys are
+    the Ed25519 signing keys of its trust statement (cosignature/v1 key IDs differ from log
+    signature key IDs, so the two uses cannot be confused)."""
+    return f"{admin.lower()}.mragw/witness"
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -194,6 +194,49 @@ audit = Table(
     Column("hash", LargeBinary(32), nullable=False),
 )
 
+# Witnessing. A cosignature of a partner (``witness``) on a checkpoint of ``log`` (our own log
+# or another partner's) that matches the checkpoint we hold of that size: the C2SP
+# tlog-cosignature line, ready to append to the checkpoint note in evidence.
+cosignatures = Table(
+    "cosignatures",
+    metadata,
+    Column("log", String(8), primary_key=True),
+    Column("size", BigInteger, primary_key=True),
+    Column("witness", String(8), primary_key=True),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("line", Text, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+# The latest checkpoint of ``log`` that a partner (``witness``) said it holds, kept until our
+# replica reaches its size and the two roots are compared (split-view detection).
+witnessed = Table(
+    "witnessed",
+    metadata,
+    Column("log", String(8), primary_key=True),
+    Column("witness", String(8), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+# Alerts an operator must see (split views, expired trust): raised once, cleared by hand.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    # Supporting material, e.g. both conflicting checkpoint notes (JSON).
+    Column("detail", Text, nullable=False),
+    Column("cleared", Boolean, nullable=False, default=False),
+    Index("ix_alerts_open", "cleared", "subject"),
+)
+
 # Bumped by every change a running gateway must pick up (partners, dataset, publish).
 node_state = Table(
     "node_state",
