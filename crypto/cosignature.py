@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from crypto.checkpoint import (
     KEY_HINT_SIZE,
     MAX_SIGNATURES,
-    check_key_name,
     NoteSignature,
     SignedNote,
+    check_key_name,
     parse_note,
 )
 from crypto.errors import MalformedNoteError, UnsupportedKeyTypeError, VerificationError
