@@ -15,10 +15,19 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so each group module can import `app`-free helpers without cycles.
-    from gateway.cli import check_cmd, node_cmd, partner_cmd, registry_cmd
+    from gateway.cli import (
+        check_cmd,
+        evidence_cmd,
+        keys_cmd,
+        node_cmd,
+        partner_cmd,
+        registry_cmd,
+    )
 
     node_cmd.register(app)
     check_cmd.register(app)
+    evidence_cmd.register(app)
+    keys_cmd.register(app)
     app.add_typer(partner_cmd.app, name="partner")
     app.add_typer(registry_cmd.app, name="registry")
 
