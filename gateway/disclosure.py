@@ -131,7 +131,8 @@ async def disclose(node: Node, *, actor: str, today: date | None = None) -> int:
         if not due_to:
             return 0
         decoded = await decode_own(conn, node.admin, sorted(due_to))
-        checkpoint_signer, entry_signer = await node.active_signers(conn)
+        checkpoint_signers = await node.checkpoint_signers(conn)
+        _, entry_signer = await node.active_signers(conn)
     due: list[PreparedEntry] = []
     for idx in sorted(due_to):
         record = decoded.get(idx)
@@ -149,7 +150,7 @@ async def disclose(node: Node, *, actor: str, today: date | None = None) -> int:
             due[start : start + chunk],
             recogniser=recogniser,
             day=day,
-            checkpoint_signer=checkpoint_signer,
+            checkpoint_signers=checkpoint_signers,
             actor=actor,
         )
         appended += result.appended

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.checkpoint import Checkpoint, sign_checkpoint
+from crypto.checkpoint import Checkpoint
 from crypto.envelope import pae
 from crypto.keys import PrivateKeySigner
 from crypto.merkle import Frontier, leaf_hash
@@ -34,7 +34,7 @@ from gateway.audit import record_action
 from gateway.datasets import active_recogniser
 from gateway.entitlement import decide
 from gateway.errors import InputError
-from gateway.node import Node
+from gateway.node import Node, sign_head
 from gateway.record_index import IndexedEntry, index_records
 from gateway.records import AeoStatusRecord, Record, RecordInputError
 from gateway.storage.schema import (
@@ -172,7 +172,8 @@ class IssuerLog:
             raise InputError(f"{source}: no records")
         async with self.node.engine.connect() as conn:
             recogniser = await active_recogniser(conn)
-            checkpoint_signer, entry_signer = await self.node.active_signers(conn)
+            checkpoint_signers = await self.node.checkpoint_signers(conn)
+            _, entry_signer = await self.node.active_signers(conn)
         check_issuers(records_in, self.node.admin, recogniser, source)
         day = today or self.node.config.today()
         chunk = self.node.config.limits.publish_chunk
@@ -186,7 +187,7 @@ class IssuerLog:
                 prepared,
                 recogniser=recogniser,
                 day=day,
-                checkpoint_signer=checkpoint_signer,
+                checkpoint_signers=checkpoint_signers,
                 actor=actor,
             )
             appended += result.appended
@@ -202,7 +203,7 @@ class IssuerLog:
         *,
         recogniser: Recogniser,
         day: date,
-        checkpoint_signer: PrivateKeySigner,
+        checkpoint_signers: list[PrivateKeySigner],
         actor: str,
     ) -> PublishResult:
         """Append one chunk in one transaction (the unit that is acknowledged)."""
@@ -314,10 +315,10 @@ class IssuerLog:
                 )
             # 5. Sign the checkpoint of the new head and move the head, in this transaction.
             size = result.frontier.size
-            note = sign_checkpoint(
+            note = sign_head(
                 Checkpoint(origin=self.node.origin, size=size, root_hash=result.root),
                 self.node.origin,
-                checkpoint_signer,
+                checkpoint_signers,
             )
             await conn.execute(
                 update(logs)

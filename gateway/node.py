@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from crypto.checkpoint import Checkpoint, sign_checkpoint
+from crypto.checkpoint import Checkpoint, add_signature, parse_note, sign_checkpoint
 from crypto.envelope import Envelope, envelope_from_json, envelope_to_json
 from crypto.keys import PrivateKeySigner, Scheme, load_private_key, save_private_key
 from crypto.merkle import EMPTY_ROOT
@@ -88,6 +89,15 @@ class NodePaths:
 
     def tls_file(self, name: str) -> Path:
         return self.tls / name
+
+    @property
+    def tls_next(self) -> Path:
+        """A TLS CA and certificates made by ``keys rotate --tls``, used from ``switch-at``."""
+        return self.tls / "next"
+
+    @property
+    def tls_switch(self) -> Path:
+        return self.tls_next / "switch-at"
 
 
 def now_utc() -> dt.datetime:
@@ -252,6 +262,21 @@ async def initialise_node(
     return config
 
 
+def _split_pem(data: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    return [part.strip() + b"\n" + marker + b"\n" for part in data.split(marker) if part.strip()]
+
+
+def sign_head(checkpoint: Checkpoint, origin: str, signers: list[PrivateKeySigner]) -> str:
+    """A checkpoint note signed by every given key (the log's name on each line)."""
+    if not signers:
+        raise InputError("no valid Ed25519 signing key for checkpoints on this node")
+    note = parse_note(sign_checkpoint(checkpoint, origin, signers[0]))
+    for signer in signers[1:]:
+        note = add_signature(note, origin, signer)
+    return note.to_text()
+
+
 def _fresh_home(home: Path) -> Path:
     resolved = home.resolve()
     if (resolved / CONFIG_FILE).exists():
@@ -309,15 +334,44 @@ class Node:
             raise InputError(f"root key: {self.paths.root_key} is not here (kept offline?)")
         return load_private_key(self.paths.root_key, self.passphrase)
 
+    def tls_switch_at(self) -> float | None:
+        """When the TLS material in ``tls/next`` takes over (None: no rotation pending)."""
+        try:
+            return float(self.paths.tls_switch.read_text(encoding="ascii").strip())
+        except FileNotFoundError:
+            return None
+        except ValueError as error:
+            raise InputError(f"{self.paths.tls_switch}: not a timestamp") from error
+
+    def tls_dir(self, at: float | None = None) -> Path:
+        """The directory of the TLS material in use at ``at`` (now): ``tls/``, or ``tls/next``
+        once a rotation's switch time has passed, so every process switches on its own."""
+        switch = self.tls_switch_at()
+        moment = time.time() if at is None else at
+        if switch is not None and moment >= switch:
+            return self.paths.tls_next
+        return self.paths.tls
+
     def tls_bytes(self, name: str) -> bytes:
-        return self.paths.tls_file(name).read_bytes()
+        return (self.tls_dir() / name).read_bytes()
 
     def tls_private_key_pem(self, name: str) -> bytes:
         """An unencrypted PEM of a TLS key, for gRPC (held in memory only, never written)."""
-        return load_private_key(self.paths.tls_file(f"{name}.key"), self.passphrase).to_pem()
+        return load_private_key(self.tls_dir() / f"{name}.key", self.passphrase).to_pem()
 
     def ca_certificate(self) -> Any:
         return load_certificate(self.tls_bytes("ca.pem"))
+
+    def own_ca_pem(self) -> bytes:
+        """Every CA of ours that local clients and partners may hold certificates from: the
+        current one and, during a TLS rotation, the next (or, after the switch, the old)."""
+        pems = [self.paths.tls_file("ca.pem").read_bytes()]
+        if self.tls_switch_at() is not None:
+            pems.append((self.paths.tls_next / "ca.pem").read_bytes())
+        return b"".join(pems)
+
+    def own_ca_certificates(self) -> list[Any]:
+        return [load_certificate(p) for p in _split_pem(self.own_ca_pem())]
 
     @staticmethod
     async def trust_envelopes(conn: AsyncConnection, from_version: int | None = 1) -> list[bytes]:
@@ -345,23 +399,35 @@ class Node:
         ).scalar_one()
         return TrustStatement.from_payload(envelope_from_json(bytes(row)).payload)
 
-    async def active_signers(
-        self, conn: AsyncConnection
-    ) -> tuple[PrivateKeySigner, PrivateKeySigner]:
-        """(checkpoint signer, entry signer): the newest valid keys we hold privately."""
-        statement = await self.trust_statement(conn)
+    async def checkpoint_signers(self, conn: AsyncConnection) -> list[PrivateKeySigner]:
+        """Every Ed25519 key we hold that may sign now, newest first: during a rotation's
+        overlap checkpoints carry both signatures, so partners that have not fetched the new
+        statement yet still verify them (C2SP notes allow several signature lines)."""
+        return [
+            self.load_signer(k.key_id)
+            for k in reversed(self._usable(await self.trust_statement(conn)))
+            if k.public_key.scheme is Scheme.ED25519
+        ]
+
+    def _usable(self, statement: TrustStatement) -> list[SigningKey]:
         moment = now_utc()
         usable = [
             k
             for k in statement.signing_keys
             if k.revoked_at_index is None
-            and k.valid_from <= moment
-            and (k.valid_until is None or moment < k.valid_until)
+            and k.in_window(moment)
             and self.paths.signing_key(k.key_id).exists()
         ]
+        usable.sort(key=lambda k: k.valid_from)
+        return usable
+
+    async def active_signers(
+        self, conn: AsyncConnection
+    ) -> tuple[PrivateKeySigner, PrivateKeySigner]:
+        """(checkpoint signer, entry signer): the newest valid keys we hold privately."""
+        usable = self._usable(await self.trust_statement(conn))
         if not usable:
             raise InputError("no valid signing key with a private key file on this node")
-        usable.sort(key=lambda k: k.valid_from)
         ed = [k for k in usable if k.public_key.scheme is Scheme.ED25519]
         if not ed:
             raise InputError("no valid Ed25519 signing key for checkpoints on this node")

@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import rfc8785
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from crypto.envelope import (
     Envelope,
@@ -96,6 +98,17 @@ class SigningKey:
     @property
     def key_id(self) -> str:
         return self.public_key.key_id
+
+    def in_window(self, moment: datetime, skew: timedelta = timedelta(0)) -> bool:
+        """Whether the key may sign at ``moment`` (give or take ``skew`` of clock difference)."""
+        if moment < self.valid_from - skew:
+            return False
+        return self.valid_until is None or moment < self.valid_until + skew
+
+    def usable_for(self, index: int) -> bool:
+        """Whether an entry at ``index`` (or a checkpoint of that many entries) may be signed
+        by this key: revocation is bound to the log, not to a claimed signing time."""
+        return self.revoked_at_index is None or index < self.revoked_at_index
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -231,10 +244,7 @@ class TrustStatement:
         root_key = _public_key(root["public_key"], "$.root_key.public_key")
         if root_key.key_id != root["key_id"]:
             raise TrustError("trust statement $.root_key.key_id does not match the key")
-        try:
-            load_certificate(doc["tls_ca"].encode("ascii"))
-        except (CryptoError, UnicodeEncodeError) as error:
-            raise TrustError(f"trust statement $.tls_ca: {error}") from error
+        tls_ca_certificates(doc["tls_ca"], "$.tls_ca")
         keys_doc = doc["signing_keys"]
         if not isinstance(keys_doc, list) or len(keys_doc) > 64:
             raise TrustError("trust statement $.signing_keys: must be a list of at most 64 keys")
@@ -285,6 +295,26 @@ def _public_key(pem: Any, where: str) -> PublicKey:
         raise TrustError(f"trust statement {where}: {error}") from error
 
 
+MAX_TLS_CAS = 4
+
+
+def tls_ca_certificates(pem: str, where: str = "tls_ca") -> list[x509.Certificate]:
+    """The TLS CA certificates of a statement: one, or two during a TLS CA rotation (the new
+    one first); all are trusted for the administration's gateway certificates."""
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as error:
+        raise TrustError(f"trust statement {where}: not PEM certificates: {error}") from error
+    if not 1 <= len(certs) <= MAX_TLS_CAS:
+        raise TrustError(f"trust statement {where}: holds {len(certs)} certificates, 1..4 allowed")
+    for cert in certs:
+        try:
+            load_certificate(cert.public_bytes(serialization.Encoding.PEM))
+        except CryptoError as error:
+            raise TrustError(f"trust statement {where}: {error}") from error
+    return certs
+
+
 def sign_statement(statement: TrustStatement, root_signers: Sequence[Signer]) -> Envelope:
     """Sign with the statement's root (and, on a root rotation, the previous root too)."""
     if statement.root_key.key_id not in {s.key_id for s in root_signers}:
@@ -297,6 +327,59 @@ def _verified(envelope: Envelope, keys: Sequence[PublicKey], what: str) -> None:
         verify_envelope(envelope, {k.key_id: k for k in keys}, threshold=len(keys))
     except VerificationError as error:
         raise TrustError(f"{what}: {error}") from error
+
+
+def _first(envelope: Envelope, pinned_fingerprint: str) -> TrustStatement:
+    """Version 1 carries its own root key (as TUF root metadata does): parse only to find that
+    key, then accept nothing from it before the fingerprint and the signature both check out."""
+    if envelope.payload_type != STATEMENT_TYPE:
+        raise TrustError(f"statement 1: payload type {envelope.payload_type!r}")
+    claimed = TrustStatement.from_payload(envelope.payload)
+    where = f"trust statement version {claimed.version} of {claimed.admin}"
+    if claimed.version != 1:
+        raise TrustError(f"{where}: a chain must start at version 1")
+    if claimed.root_fingerprint != pinned_fingerprint:
+        raise TrustError(
+            f"{where}: root key fingerprint {claimed.root_fingerprint} does not match "
+            f"the pinned {pinned_fingerprint}"
+        )
+    _verified(envelope, [claimed.root_key], where)
+    return claimed
+
+
+def next_statement(previous: TrustStatement, envelope: Envelope) -> TrustStatement:
+    """Accept the statement after ``previous`` only if the root trusted so far signed it, it
+    is version n+1 of the same administration, and a new root (rotation) co-signed it."""
+    if envelope.payload_type != STATEMENT_TYPE:
+        raise TrustError(
+            f"trust statement after version {previous.version}: payload type "
+            f"{envelope.payload_type!r}"
+        )
+    # Verify with the root already trusted before parsing anything.
+    _verified(
+        envelope,
+        [previous.root_key],
+        f"trust statement after version {previous.version} of {previous.admin} "
+        f"(root {previous.root_key.key_id})",
+    )
+    claimed = TrustStatement.from_payload(envelope.payload)
+    where = f"trust statement version {claimed.version} of {claimed.admin}"
+    if claimed.version <= previous.version:
+        raise TrustError(
+            f"{where}: stale, not newer than the held version {previous.version} "
+            "(a replay or a rollback)"
+        )
+    if claimed.version != previous.version + 1:
+        raise TrustError(
+            f"{where}: skips version {previous.version + 1} (expected {previous.version + 1} "
+            f"after {previous.version})"
+        )
+    if claimed.admin != previous.admin:
+        raise TrustError(f"{where}: administration changed from {previous.admin}")
+    if claimed.root_key.key_id != previous.root_key.key_id:
+        # A root rotation must be signed by the old root (checked above) and the new one.
+        _verified(envelope, [claimed.root_key], f"{where} (root rotation: new root)")
+    return claimed
 
 
 def verify_chain(
@@ -312,52 +395,61 @@ def verify_chain(
         raise TrustError("partner bundle holds no trust statement")
     if len(chain) > MAX_CHAIN_LENGTH:
         raise TrustError(f"trust chain longer than {MAX_CHAIN_LENGTH} statements")
-    previous: TrustStatement | None = None
-    for position, envelope in enumerate(chain):
-        if envelope.payload_type != STATEMENT_TYPE:
-            raise TrustError(f"statement {position + 1}: payload type {envelope.payload_type!r}")
-        if previous is None:
-            # Version 1 carries its own root key (as TUF root metadata does): parse only to
-            # find that key, then accept nothing from it before the fingerprint and the
-            # signature both check out.
-            claimed = TrustStatement.from_payload(envelope.payload)
-            where = f"trust statement version {claimed.version} of {claimed.admin}"
-            if claimed.version != 1:
-                raise TrustError(f"{where}: a chain must start at version 1")
-            if claimed.root_fingerprint != pinned_fingerprint:
-                raise TrustError(
-                    f"{where}: root key fingerprint {claimed.root_fingerprint} does not match "
-                    f"the pinned {pinned_fingerprint}"
-                )
-            _verified(envelope, [claimed.root_key], where)
-        else:
-            # Later versions: verify with the root already trusted before parsing anything.
-            _verified(
-                envelope,
-                [previous.root_key],
-                f"trust statement after version {previous.version} of {previous.admin}",
-            )
-            claimed = TrustStatement.from_payload(envelope.payload)
-            where = f"trust statement version {claimed.version} of {claimed.admin}"
-            if claimed.version != previous.version + 1:
-                raise TrustError(
-                    f"{where}: expected version {previous.version + 1} after {previous.version}"
-                )
-            if claimed.admin != previous.admin:
-                raise TrustError(f"{where}: administration changed from {previous.admin}")
-            if claimed.root_key.key_id != previous.root_key.key_id:
-                # A root rotation must also be signed by the new root.
-                _verified(envelope, [claimed.root_key], f"{where} (new root)")
-        previous = claimed
-    assert previous is not None  # noqa: S101 - chain is non-empty, checked above
-    if admin is not None and previous.admin != admin:
-        raise TrustError(f"partner bundle is for {previous.admin}, not {admin}")
-    if check_expiry and now >= previous.expires:
+    current = _first(chain[0], pinned_fingerprint)
+    for envelope in chain[1:]:
+        current = next_statement(current, envelope)
+    if admin is not None and current.admin != admin:
+        raise TrustError(f"partner bundle is for {current.admin}, not {admin}")
+    if check_expiry and now >= current.expires:
         raise TrustError(
-            f"trust statement version {previous.version} of {previous.admin} expired "
-            f"{_iso(previous.expires)}"
+            f"trust statement version {current.version} of {current.admin} expired "
+            f"{_iso(current.expires)}"
         )
-    return previous
+    return current
+
+
+def verify_update(current: TrustStatement, newer: Sequence[Envelope]) -> TrustStatement:
+    """Extend a verified statement with statements fetched from the partner; returns the
+    newest. Every one must be the next version, signed as :func:`next_statement` demands."""
+    if not newer:
+        raise TrustError("no trust statement to add")
+    if len(newer) > MAX_CHAIN_LENGTH:
+        raise TrustError(f"more than {MAX_CHAIN_LENGTH} new trust statements")
+    for envelope in newer:
+        current = next_statement(current, envelope)
+    return current
+
+
+@dataclass(frozen=True)
+class ExpiryState:
+    """Where a statement stands against its expiry: ``valid``, ``renew_soon`` (inside the
+    warning period), ``grace`` (expired, still honoured) or ``expired`` (past the grace)."""
+
+    state: str
+    message: str
+
+    @property
+    def blocks_replication(self) -> bool:
+        return self.state == "expired"
+
+
+def expiry_state(
+    statement: TrustStatement, now: datetime, *, grace: timedelta, warn: timedelta
+) -> ExpiryState:
+    who = f"trust statement version {statement.version} of {statement.admin}"
+    expires = _iso(statement.expires)
+    if now >= statement.expires + grace:
+        return ExpiryState(
+            "expired", f"{who} expired {expires}; grace ended {_iso(statement.expires + grace)}"
+        )
+    if now >= statement.expires:
+        return ExpiryState(
+            "grace",
+            f"{who} expired {expires}; honoured until {_iso(statement.expires + grace)}",
+        )
+    if now >= statement.expires - warn:
+        return ExpiryState("renew_soon", f"{who} expires {expires}: renew it")
+    return ExpiryState("valid", f"{who} valid until {expires}")
 
 
 def bundle_bytes(chain: Sequence[Envelope]) -> bytes:

@@ -142,6 +142,7 @@ class GatewayServer:
         self._query = query
         self._admin = admin
         self._status = status
+        self._own_cas_cache: tuple[tuple[float | None, Any], list[Any]] | None = None
         self._background_factories = dict(background or {})
         self._roles = roles
         self._close_node = close_node
@@ -334,13 +335,20 @@ class GatewayServer:
         await server.start()
         return address
 
+    def _own_cas(self) -> list[Any]:
+        """Our CA certificates, re-read when a TLS rotation adds or retires one."""
+        key = (self.node.tls_switch_at(), self.node.tls_dir())
+        if self._own_cas_cache is None or self._own_cas_cache[0] != key:
+            self._own_cas_cache = (key, self.node.own_ca_certificates())
+        return self._own_cas_cache[1]
+
     async def _start_admin_server(self) -> str:
         server = self._server(
             ADMIN_LISTENER,
             [
                 RpcMetricsInterceptor(self.metrics, ADMIN_LISTENER),
                 LocalIdentityInterceptor(
-                    self.node.ca_certificate(), self.node.admin, self.metrics, roles=self._roles
+                    self._own_cas, self.node.admin, self.metrics, roles=self._roles
                 ),
             ],
         )

@@ -40,7 +40,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from crypto.errors import CryptoError
 from crypto.pki import certificate_identity, load_certificate, verify_issued_by
@@ -267,26 +268,33 @@ def identify_local(
     pem: bytes | None, own_ca: x509.Certificate, own_code: str, now: dt.datetime
 ) -> LocalPeer:
     """The local client ``pem`` proves: issued by our own CA, naming our code, with a role."""
-    return _verify_local(pem, own_ca, own_code, now)[1]
+    return _verify_local(pem, [own_ca], own_code, now)[1]
 
 
 def _verify_local(
-    pem: bytes | None, own_ca: x509.Certificate, own_code: str, now: dt.datetime
+    pem: bytes | None, own_cas: Sequence[x509.Certificate], own_code: str, now: dt.datetime
 ) -> tuple[x509.Certificate, LocalPeer]:
     if pem is None:
         raise PeerRejectedError(
             grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", "no client certificate"
         )
-    try:
-        cert = load_certificate(pem)
-        _code, role = verify_issued_by(cert, own_ca, now=now, expected_code=own_code)
-    except CryptoError as error:
+    problem = "no CA of this node"
+    for own_ca in own_cas:
+        # Several CAs only during a TLS CA rotation: certificates of the old and the new one
+        # both stay valid until the old CA is retired.
+        try:
+            cert = load_certificate(pem)
+            _code, role = verify_issued_by(cert, own_ca, now=now, expected_code=own_code)
+            break
+        except CryptoError as error:
+            problem = str(error)
+    else:
         raise PeerRejectedError(
             grpc.StatusCode.UNAUTHENTICATED,
             "unauthenticated",
             "client certificate is not a local client certificate of this node",
-            str(error),
-        ) from error
+            problem,
+        )
     if role is None:
         raise PeerRejectedError(
             grpc.StatusCode.PERMISSION_DENIED,
@@ -392,7 +400,7 @@ class LocalIdentityInterceptor(_IdentityInterceptor):
 
     def __init__(
         self,
-        own_ca: x509.Certificate,
+        own_cas: Callable[[], Sequence[x509.Certificate]],
         own_code: str,
         metrics: GatewayMetrics,
         *,
@@ -400,19 +408,21 @@ class LocalIdentityInterceptor(_IdentityInterceptor):
         clock: Callable[[], dt.datetime] = _now,
     ) -> None:
         super().__init__(metrics, clock)
-        self._own_ca = own_ca
+        self._own_cas = own_cas
         self._own_code = own_code
         self._roles = roles
 
     def identify(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
         now = self._clock()
         pem = presented_certificate(context.auth_context())
-        key = (pem or b"", 0)
+        cas = self._own_cas()
+        # The cache is keyed by the set of CAs too, so a retired CA's certificates stop working.
+        key = (pem or b"", hash(tuple(c.fingerprint(hashes.SHA256()) for c in cas)))
         cached = self._cache.get(key, now) if pem is not None else None
         if isinstance(cached, LocalPeer):
             peer = cached
         else:
-            cert, local = _verify_local(pem, self._own_ca, self._own_code, now)
+            cert, local = _verify_local(pem, cas, self._own_code, now)
             self._cache.put(key, cert, local)
             peer = local
         authorise_local(peer, method, self._roles)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -86,27 +87,39 @@ def channel_options(limits: LimitsSection, server_code: str) -> list[ChannelOpti
 class _PartnerCertificateFetcher:
     """Called by gRPC at each handshake; answers from the snapshot only (see module doc)."""
 
-    def __init__(self, store: PinnedPartnerStore, key_pem: bytes, cert_pem: bytes) -> None:
+    def __init__(self, store: PinnedPartnerStore, node: Node) -> None:
         self._store = store
-        self._pair = (key_pem, cert_pem)
-        self._served = -1
+        self._node = node
+        self._served: tuple[int, Path] = (-1, Path())
+        self._pair: tuple[Path, tuple[bytes, bytes]] | None = None
 
-    def configuration(self, snapshot: PinnedPartners) -> grpc.ServerCertificateConfiguration:
+    def _identity(self, directory: Path) -> tuple[bytes, bytes]:
+        # Re-read only when a TLS rotation switched directories (the key is decrypted once).
+        if self._pair is None or self._pair[0] != directory:
+            pair = (self._node.tls_private_key_pem("node"), self._node.tls_bytes("node.pem"))
+            self._pair = (directory, pair)
+        return self._pair[1]
+
+    def configuration(
+        self, snapshot: PinnedPartners, directory: Path
+    ) -> grpc.ServerCertificateConfiguration:
         roots = snapshot.client_ca_pem or self._store.placeholder_ca_pem()
-        return grpc.ssl_server_certificate_configuration([self._pair], root_certificates=roots)
+        return grpc.ssl_server_certificate_configuration(
+            [self._identity(directory)], root_certificates=roots
+        )
 
     def initial(self) -> grpc.ServerCertificateConfiguration:
-        snapshot = self._store.current
-        self._served = snapshot.generation
-        return self.configuration(snapshot)
+        snapshot, directory = self._store.current, self._node.tls_dir()
+        self._served = (snapshot.generation, directory)
+        return self.configuration(snapshot, directory)
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
         try:
-            snapshot = self._store.current
-            if snapshot.generation == self._served:
+            snapshot, directory = self._store.current, self._node.tls_dir()
+            if (snapshot.generation, directory) == self._served:
                 return None
-            config = self.configuration(snapshot)
-            self._served = snapshot.generation
+            config = self.configuration(snapshot, directory)
+            self._served = (snapshot.generation, directory)
         except Exception:
             # Raising here would only make gRPC log and keep the old set; say why instead.
             log.exception("building the partner TLS configuration failed; keeping the old one")
@@ -116,9 +129,7 @@ class _PartnerCertificateFetcher:
 
 def partner_server_credentials(node: Node, store: PinnedPartnerStore) -> grpc.ServerCredentials:
     """Credentials for the partner listener (see the module docstring)."""
-    fetcher = _PartnerCertificateFetcher(
-        store, node.tls_private_key_pem("node"), node.tls_bytes("node.pem")
-    )
+    fetcher = _PartnerCertificateFetcher(store, node)
     return grpc.dynamic_ssl_server_credentials(
         fetcher.initial(),
         fetcher,  # type: ignore[arg-type]  # gRPC documents None as "unchanged"; stubs omit it
@@ -126,12 +137,49 @@ def partner_server_credentials(node: Node, store: PinnedPartnerStore) -> grpc.Se
     )
 
 
+class _AdminCertificateFetcher:
+    """The admin listener's certificate and client roots (our own CAs), re-read when a TLS
+    rotation switches or retires material."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._served: tuple[float | None, Path] | None = None
+
+    def _state(self) -> tuple[float | None, Path]:
+        return (self._node.tls_switch_at(), self._node.tls_dir())
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        node = self._node
+        return grpc.ssl_server_certificate_configuration(
+            [(node.tls_private_key_pem("node"), node.tls_bytes("node.pem"))],
+            root_certificates=node.own_ca_pem(),
+        )
+
+    def initial(self) -> grpc.ServerCertificateConfiguration:
+        self._served = self._state()
+        return self.configuration()
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            state = self._state()
+            if state == self._served:
+                return None
+            config = self.configuration()
+            self._served = state
+        except Exception:
+            log.exception("building the admin TLS configuration failed; keeping the old one")
+            return None
+        return config
+
+
 def admin_server_credentials(node: Node) -> grpc.ServerCredentials:
-    """Credentials for the admin listener: node certificate, own CA as the only client root."""
-    return grpc.ssl_server_credentials(
-        [(node.tls_private_key_pem("node"), node.tls_bytes("node.pem"))],
-        root_certificates=node.tls_bytes("ca.pem"),
-        require_client_auth=True,
+    """Credentials for the admin listener: node certificate, own CA(s) as the only client
+    roots."""
+    fetcher = _AdminCertificateFetcher(node)
+    return grpc.dynamic_ssl_server_credentials(
+        fetcher.initial(),
+        fetcher,  # type: ignore[arg-type]  # gRPC documents None as "unchanged"; stubs omit it
+        require_client_authentication=True,
     )
 
 
@@ -193,7 +241,7 @@ def local_channel(
     return mtls_channel(
         target,
         server_code=node.admin,
-        root_pem=node.tls_bytes("ca.pem"),
+        root_pem=node.own_ca_pem(),
         key_pem=node.tls_private_key_pem(client),
         cert_pem=node.tls_bytes(f"{client}.pem"),
         limits=node.config.limits,

@@ -232,7 +232,7 @@ async def test_a_disclosure_decided_outside_the_lock_is_dropped_if_already_entit
             [late],
             recogniser=recogniser,
             day=eu.config.today(),
-            checkpoint_signer=checkpoint_signer,
+            checkpoint_signers=[checkpoint_signer],
             actor="test",
         )
         assert (result.appended, result.duplicates) == (0, 1)
