@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.checkpoint import Checkpoint
+from crypto.checkpoint import Checkpoint, ed25519_key_hint, parse_note
 from crypto.envelope import pae
 from crypto.keys import PrivateKeySigner
 from crypto.merkle import Frontier, leaf_hash
@@ -196,6 +196,32 @@ class IssuerLog:
                 first = result.first_index
             size, note = result.tree_size, result.checkpoint
         return PublishResult(appended, duplicates, size, note, first)
+
+    async def resign_head(self) -> bool:
+        """Re-sign the head checkpoint when the set of keys that may sign changed (a rotation
+        reached its switch time, or a key's window ended): partners check the window of the
+        key on every checkpoint they receive, so the head must never be left signed only by
+        a key that has retired. Returns whether a new note was stored."""
+        admin = self.node.admin
+        async with self.node.engine.begin() as conn:
+            signers = await self.node.checkpoint_signers(conn)
+            row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
+            wanted = {ed25519_key_hint(self.node.origin, s.public_key) for s in signers}
+            held = {s.key_hint for s in parse_note(row.checkpoint).signatures}
+            if not signers or held == wanted:
+                return False
+            # Take the log's write lock, then re-read: an append may have moved the head.
+            await conn.execute(
+                update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)
+            )
+            row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
+            note = sign_head(
+                Checkpoint(origin=self.node.origin, size=int(row.size), root_hash=bytes(row.root)),
+                self.node.origin,
+                signers,
+            )
+            await conn.execute(update(logs).where(logs.c.code == admin).values(checkpoint=note))
+        return True
 
     async def append(
         self,

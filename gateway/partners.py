@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.envelope import envelope_to_json
+from crypto.envelope import Envelope, envelope_to_json
 from gateway.audit import record_action
 from gateway.config import parse_hostport
 from gateway.errors import InputError
@@ -32,6 +32,7 @@ from gateway.trust import (
     bundle_bytes,
     parse_bundle,
     verify_chain,
+    verify_update,
 )
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -183,6 +184,56 @@ def _refuse_rollback(existing: Any, chain: list[Any], version: int, source: str)
             f"{source}: the chain does not extend the {len(held)} statement(s) pinned for "
             f"{existing.code}"
         )
+
+
+async def accept_statements(
+    node: Node, code: str, newer: list[Envelope], *, actor: str = "replicator"
+) -> TrustStatement | None:
+    """Extend a pinned partner's chain with statements it served (``GetTrustStatement``).
+
+    Each must be version n+1, signed by the root trusted so far and, on a root rotation, by
+    the new root too (:func:`gateway.trust.verify_update`); otherwise a :class:`TrustError`
+    names the problem and nothing changes. Returns the newest statement, or None when another
+    process stored the same update first."""
+    async with node.engine.begin() as conn:
+        row = (await conn.execute(select(partners).where(partners.c.code == code))).one_or_none()
+        if row is None:
+            raise UnknownPartnerError(f"partner {code!r} is not pinned here")
+        held = parse_bundle(bytes(row.bundle), f"stored bundle of {code}")
+        current = verify_chain(
+            held, row.root_fingerprint, now=now_utc(), admin=code, check_expiry=False
+        )
+        newest = verify_update(current, newer)
+        values: dict[str, Any] = {
+            "trust_version": newest.version,
+            "bundle": bundle_bytes([*held, *newer]),
+            "ca_pem": newest.tls_ca_pem,
+            "updated_at": time.time(),
+        }
+        if row.endpoint == current.endpoint:
+            # Follow the partner's published endpoint unless an operator set another one.
+            values["endpoint"] = newest.endpoint
+        result = await conn.execute(
+            update(partners)
+            .where(partners.c.code == code, partners.c.trust_version == current.version)
+            .values(**values)
+        )
+        if result.rowcount == 0:
+            return None
+        await bump(conn, "partners")
+        await record_action(
+            conn,
+            actor,
+            "partner.trust-update",
+            {
+                "partner": code,
+                "from_version": current.version,
+                "to_version": newest.version,
+                "root_rotated": newest.root_fingerprint != current.root_fingerprint,
+                "signing_keys": [k.key_id for k in newest.signing_keys],
+            },
+        )
+    return newest
 
 
 async def list_partners(node: Node) -> list[PartnerInfo]:

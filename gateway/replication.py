@@ -24,11 +24,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.checkpoint import Checkpoint, parse_note, verify_checkpoint
+from crypto.checkpoint import Checkpoint, parse_checkpoint_body, parse_note
+from crypto.checkpoint import verify_note as verify_note_signatures
 from crypto.errors import CryptoError, VerificationError
 from crypto.keys import Scheme
 from crypto.merkle import Frontier, TileUpdate, leaf_hash, verify_consistency
@@ -90,36 +92,75 @@ async def load_state(conn: AsyncConnection, code: str) -> PartnerLogState:
     )
 
 
-def verify_note(note: str, statement: TrustStatement) -> Checkpoint:
-    """Step 2: a checkpoint signed by one of the partner's checkpoint keys."""
-    problems: list[str] = []
-    revoked: str | None = None
+class UntrustedCheckpointError(GatewayError):
+    """A checkpoint signed by a key outside its validity window: not applied, but no
+    quarantine either (a clock difference or a statement not fetched yet can cause it); the
+    replicator fetches the partner's newest statement and retries later."""
+
+    kind = "key_window"
+
+
+def verify_note(
+    note: str,
+    statement: TrustStatement,
+    *,
+    now: datetime | None = None,
+    skew: timedelta = timedelta(0),
+) -> Checkpoint:
+    """Step 2: a checkpoint signed by one of the partner's checkpoint keys, not revoked below
+    its size and (when ``now`` is given: a checkpoint just received) inside its window."""
+    try:
+        parsed = parse_note(note)
+    except VerificationError as error:
+        raise ReplicationFaultError("bad_checkpoint", f"checkpoint note: {error}") from error
+    origin = statement.log_origin
+    signed_by = []
     for key in statement.signing_keys:
         if key.public_key.scheme is not Scheme.ED25519:
             continue
         try:
-            cp = verify_checkpoint(
-                note, {statement.log_origin: key.public_key}, statement.log_origin
-            )
+            names = verify_note_signatures(parsed, {origin: key.public_key})
         except VerificationError as error:
-            problems.append(str(error))
-            continue
-        if cp.origin != statement.log_origin:
             raise ReplicationFaultError(
-                "bad_checkpoint", f"checkpoint origin {cp.origin!r} is not {statement.log_origin!r}"
-            )
+                "bad_checkpoint", f"checkpoint does not verify: {error}"
+            ) from error
+        if origin in names:
+            signed_by.append(key)
+    if not signed_by:
+        raise ReplicationFaultError(
+            "bad_checkpoint",
+            f"checkpoint does not verify: no signature by required key {origin!r} of "
+            f"{statement.admin}'s trust statement version {statement.version}",
+        )
+    try:
+        cp = parse_checkpoint_body(parsed.body)
+    except VerificationError as error:
+        raise ReplicationFaultError("bad_checkpoint", f"checkpoint body: {error}") from error
+    if cp.origin != origin:
+        raise ReplicationFaultError(
+            "bad_checkpoint", f"checkpoint origin {cp.origin!r} is not {origin!r}"
+        )
+    revoked: str | None = None
+    outside: str | None = None
+    for key in signed_by:
+        # During a rotation the note carries several signatures: one good key suffices.
         if key.revoked_at_index is not None and cp.size > key.revoked_at_index:
-            # Keep looking: during a rotation the note may also carry a valid key's signature.
             revoked = (
                 f"checkpoint of size {cp.size} signed by key {key.key_id} "
                 f"revoked from index {key.revoked_at_index}"
             )
             continue
+        if now is not None and not key.in_window(now, skew):
+            outside = (
+                f"checkpoint signed by key {key.key_id} outside its validity window "
+                f"({key.valid_from:%Y-%m-%dT%H:%M:%SZ} .. "
+                f"{'open' if key.valid_until is None else f'{key.valid_until:%Y-%m-%dT%H:%M:%SZ}'})"
+            )
+            continue
         return cp
     if revoked is not None:
         raise ReplicationFaultError("revoked_key", revoked)
-    detail = problems[0] if problems else "no Ed25519 checkpoint key in the trust statement"
-    raise ReplicationFaultError("bad_checkpoint", f"checkpoint does not verify: {detail}")
+    raise UntrustedCheckpointError(f"key_window: {outside}")
 
 
 async def verify_batch(
@@ -130,6 +171,8 @@ async def verify_batch(
     fetch_consistency: FetchConsistency,
     *,
     stored_root: Callable[[int], Awaitable[bytes]] | None = None,
+    now: datetime | None = None,
+    skew: timedelta = timedelta(0),
 ) -> VerifiedBatch | None:
     """Steps 1-5; returns None when the batch adds nothing new and changes nothing.
 
@@ -156,7 +199,7 @@ async def verify_batch(
     start = batch.start + max(overlap, 0)
     items = items[max(overlap, 0) :]
     # 2. The checkpoint.
-    cp = verify_note(batch.checkpoint, statement)
+    cp = verify_note(batch.checkpoint, statement, now=now, skew=skew)
     leaves: list[bytes] = []
     for offset, item in enumerate(items):
         if item.envelope is not None:

@@ -16,19 +16,23 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy import select, update
 
+from crypto.envelope import envelope_from_json
+from crypto.errors import CryptoError, VerificationError
 from gateway.datasets import active_recogniser
 from gateway.errors import GatewayError
 from gateway.exchange import Batch, LogItem
-from gateway.node import Node
-from gateway.partners import partner_statement, quarantine
+from gateway.node import Node, now_utc
+from gateway.partners import accept_statements, partner_statement, quarantine
 from gateway.replication import (
     ReplicationFaultError,
+    UntrustedCheckpointError,
     load_state,
     store_batch,
     verify_and_index,
@@ -36,15 +40,20 @@ from gateway.replication import (
 )
 from gateway.storage.schema import entries, logs, node_state, partners
 from gateway.storage.tiles import root_at
-from gateway.trust import TrustStatement
+from gateway.trust import TrustError, TrustStatement, expiry_state
+from gateway.verification import parse_envelope
 from mra.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("mragw.replicator")
 
 MAX_NOTE_BYTES = 64 * 1024
+# Statements accepted from one GetTrustStatement answer (the rest are fetched next time).
+MAX_NEW_STATEMENTS = 100
 SUBSCRIBE_METHOD = "/mra.v1.ExchangeService/Subscribe"
 # What gRPC says when a received message exceeds grpc.max_receive_message_length.
 OVERSIZED_DETAIL = "Received message larger than max"
+# Checkpoint faults a newer trust statement can explain (a key added or revoked since ours).
+RETRY_AFTER_REFRESH = frozenset({"bad_checkpoint", "revoked_key"})
 
 
 class PartnerQuarantinedError(GatewayError):
@@ -57,6 +66,10 @@ class Transport(Protocol):
     def subscribe(self, from_index: int) -> AsyncIterator[Batch]: ...
 
     async def consistency(self, old_size: int, new_size: int) -> Sequence[bytes]: ...
+
+    async def trust_statements(self, from_version: int) -> list[bytes]:
+        """The partner's statements from ``from_version`` on (DSSE JSON); [] when none."""
+        ...
 
 
 OpenTransport = Callable[[Any], AbstractAsyncContextManager[Transport]]
@@ -146,6 +159,36 @@ class GrpcTransport:
         )
         return [bytes(h) for h in response.proof.hashes]
 
+    async def trust_statements(self, from_version: int) -> list[bytes]:
+        try:
+            response = await self._stub.GetTrustStatement(
+                exchange_pb2.GetTrustStatementRequest(from_version=from_version), timeout=30
+            )
+        except grpc.aio.AioRpcError as error:
+            # OUT_OF_RANGE: nothing newer; UNIMPLEMENTED: a peer without statement updates.
+            if error.code() in {grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNIMPLEMENTED}:
+                return []
+            raise
+        return [bytes(s.dsse_envelope) for s in response.statements][:MAX_NEW_STATEMENTS]
+
+
+def _unknown_signers(envelopes: Sequence[bytes | None], statement: TrustStatement) -> bool:
+    known = {k.key_id for k in statement.signing_keys}
+    for envelope in envelopes:
+        if envelope is None:
+            continue
+        try:
+            message = parse_envelope(envelope)
+        except VerificationError:
+            continue  # judged (invalid) by the verifier
+        if not any(s.key_id in known for s in message.signatures):
+            return True
+    return False
+
+
+class TrustExpiredError(GatewayError):
+    """The partner's newest trust statement expired longer ago than the grace period."""
+
 
 @dataclass
 class ReplicatorStatus:
@@ -155,6 +198,12 @@ class ReplicatorStatus:
     entries: int = 0
     last_batch_at: float | None = None
     faults: dict[str, int] = field(default_factory=dict)
+    # The partner's trust statement as we hold it: version and expiry state, and the last
+    # statement update it served that we refused (if any).
+    trust_version: int | None = None
+    trust_state: str | None = None
+    trust_message: str | None = None
+    trust_rejected: str | None = None
 
 
 class Replicator:
@@ -174,6 +223,7 @@ class Replicator:
         # another root, again at version 1) must never be checked against the old statement.
         self._statement: tuple[tuple[str, int, bytes], TrustStatement] | None = None
         self.applied = asyncio.Event()
+        self._last_refresh = 0.0
 
     async def _partner(self) -> Any:
         async with self.node.engine.connect() as conn:
@@ -221,6 +271,8 @@ class Replicator:
             self._stored_leaves,
             transport.consistency,
             stored_root=self._stored_root,
+            now=now_utc(),
+            skew=timedelta(seconds=self.node.config.trust.clock_skew_s),
         )
         if verified is None:
             # A heartbeat re-verified the same head: record that it is still fresh.
@@ -231,6 +283,12 @@ class Replicator:
             return 0
         async with self.node.engine.begin() as conn:
             await store_batch(conn, self.code, verified)
+        if _unknown_signers(verified.envelopes, statement):
+            # Entries signed by a key our statement does not list yet: the partner rotated.
+            # Fetch its newest statement before judging them (else they would look forged).
+            row = await self.refresh_trust(transport)
+            if row is not None:
+                statement = self._statement_for(row)
         # Only the entries just stored: rescanning the whole replica per batch made catch-up
         # slow down as the log grew (a crash's leftovers are verified when run() starts).
         end = verified.start + len(verified.leaves)
@@ -270,6 +328,73 @@ class Replicator:
             if done == 0:
                 return
 
+    async def refresh_trust(self, transport: Transport) -> Any:
+        """Ask the partner for statements newer than ours and accept them if they verify;
+        a refused update is reported (status, log, audit) and the held statement stays."""
+        row = await self._partner()
+        if row is None:
+            return None
+        self._last_refresh = time.monotonic()
+        raw = await transport.trust_statements(int(row.trust_version) + 1)
+        if raw:
+            try:
+                try:
+                    newer = [envelope_from_json(r) for r in raw]
+                except CryptoError as error:
+                    raise TrustError(f"statement served by {self.code}: {error}") from error
+                accepted = await accept_statements(self.node, self.code, newer)
+            except TrustError as error:
+                self.status.trust_rejected = str(error)
+                self.status.faults["trust_update_rejected"] = (
+                    self.status.faults.get("trust_update_rejected", 0) + 1
+                )
+                log.warning("refused a trust statement update from %s: %s", self.code, error)
+            else:
+                if accepted is not None:
+                    self.status.trust_rejected = None
+                    log.info(
+                        "accepted trust statement version %d of %s", accepted.version, self.code
+                    )
+            row = await self._partner()
+        return row
+
+    def _refresh_due(self) -> bool:
+        interval = self.node.config.trust.refresh_interval_s
+        return time.monotonic() - self._last_refresh >= interval
+
+    def check_expiry(self, statement: TrustStatement) -> None:
+        """Fail closed once the partner's statement is past its expiry and the grace period."""
+        state = expiry_state(
+            statement,
+            now_utc(),
+            grace=timedelta(seconds=self.node.config.trust.expiry_grace_s),
+            warn=timedelta(days=self.node.config.trust.renew_warning_days),
+        )
+        self.status.trust_version = statement.version
+        self.status.trust_state = state.state
+        self.status.trust_message = state.message
+        if state.blocks_replication:
+            raise TrustExpiredError(f"trust_expired: {state.message}")
+
+    async def _apply_trusting(self, batch: Batch, transport: Transport, row: Any) -> Any:
+        """Apply a batch; a checkpoint our statement does not vouch for makes us fetch the
+        partner's newest statement (a rotation or revocation we have not seen) and retry once."""
+        statement = self._statement_for(row)
+        self.check_expiry(statement)
+        try:
+            await self.apply(batch, transport, statement)
+        except (UntrustedCheckpointError, ReplicationFaultError) as error:
+            if isinstance(error, ReplicationFaultError) and error.kind not in RETRY_AFTER_REFRESH:
+                raise
+            refreshed = await self.refresh_trust(transport)
+            if refreshed is None or refreshed.trust_version == row.trust_version:
+                raise
+            row = refreshed
+            statement = self._statement_for(row)
+            self.check_expiry(statement)
+            await self.apply(batch, transport, statement)
+        return row
+
     async def run(self) -> str:
         """Replicate until stopped, suspended, removed or quarantined; returns why it stopped."""
         backoff = self.node.config.replication.backoff_initial_s
@@ -285,6 +410,11 @@ class Replicator:
                 # Entries stored before a crash may not have been verified yet.
                 await self.verify_pending(statement)
                 async with self.open_transport(row) as transport:
+                    # A newer statement first: it may renew an expired one or add a key.
+                    row = await self.refresh_trust(transport)
+                    if row is None:
+                        continue
+                    self.check_expiry(self._statement_for(row))
                     async with self.node.engine.connect() as conn:
                         state = await load_state(conn, self.code)
                     async for batch in transport.subscribe(state.size):
@@ -295,8 +425,11 @@ class Replicator:
                         row = await self._partner()
                         if row is None or row.suspended or row.quarantined:
                             break
-                        statement = self._statement_for(row)
-                        await self.apply(batch, transport, statement)
+                        if self._refresh_due():
+                            row = await self.refresh_trust(transport)
+                            if row is None:
+                                break
+                        row = await self._apply_trusting(batch, transport, row)
                         backoff = self.node.config.replication.backoff_initial_s
             except PartnerQuarantinedError as error:
                 self.status.connected = False
@@ -310,6 +443,14 @@ class Replicator:
                 async with self.node.engine.begin() as conn:
                     await quarantine(conn, self.code, str(fault))
                 return "quarantined"
+            except (TrustExpiredError, UntrustedCheckpointError) as error:
+                # Fail closed without quarantine: nothing is applied until the partner renews
+                # (or its key is valid again); we keep asking at each reconnection.
+                self.status.connected = False
+                self.status.last_error = str(error)
+                kind = "trust_expired" if isinstance(error, TrustExpiredError) else "key_window"
+                self.status.faults[kind] = self.status.faults.get(kind, 0) + 1
+                log.warning("not replicating %s: %s", self.code, error)
             except grpc.aio.AioRpcError as error:
                 self.status.last_error = f"{error.code().name}: {error.details()}"
             except (OSError, ConnectionError) as error:
