@@ -21,6 +21,7 @@ from sqlalchemy import select
 from gateway.config import build_config, config_document
 from gateway.disclosure import disclose
 from gateway.exchange import ExchangeHandler, LogWatcher
+from gateway.issuer_log import IssuerLog
 from gateway.node import Node
 from gateway.query import Checker
 from gateway.replicator import GrpcTransport, ReplicationManager, Transport
@@ -36,6 +37,7 @@ from gateway.storage.schema import node_state
 
 log = logging.getLogger("mragw.serve")
 
+KEY_SCHEDULE_PERIOD_S = 1.0
 DISCLOSURE_PERIOD_S = 24 * 3600.0
 
 
@@ -74,6 +76,7 @@ class Gateway:
                 "log-watcher": self.watcher.run,
                 "replication": self.replication.run,
                 "disclosure": self.disclosure_job,
+                "key-schedule": self.key_schedule_job,
                 "drain-follower": self._follow_draining,
             },
         )
@@ -139,6 +142,18 @@ class Gateway:
                     if appended:
                         await self._published()
             await asyncio.sleep(self.node.config.replication.poll_interval_s)
+
+    async def key_schedule_job(self) -> None:
+        """Re-sign our head checkpoint when a rotation reaches its switch time or a key's
+        window ends, so partners never receive a head signed only by a retired key."""
+        log_ = IssuerLog(self.node)
+        while True:
+            try:
+                if await log_.resign_head():
+                    await self._published()
+            except Exception:  # retried next round; a failure must not stop the gateway
+                log.exception("re-signing the head checkpoint failed")
+            await asyncio.sleep(KEY_SCHEDULE_PERIOD_S)
 
     async def _follow_draining(self) -> None:
         """Live tails end cleanly as soon as the server starts draining."""
