@@ -204,12 +204,15 @@ class IssuerLog:
         a key that has retired. Returns whether a new note was stored."""
         admin = self.node.admin
         async with self.node.engine.begin() as conn:
-            signers = await self.node.checkpoint_signers(conn)
+            # Compare public keys first: private keys are loaded (and decrypted) only when
+            # the head really needs a new signature.
+            keys = await self.node.checkpoint_keys(conn)
             row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
-            wanted = {ed25519_key_hint(self.node.origin, s.public_key) for s in signers}
+            wanted = {ed25519_key_hint(self.node.origin, k.public_key) for k in keys}
             held = {s.key_hint for s in parse_note(row.checkpoint).signatures}
-            if not signers or held == wanted:
+            if not keys or held == wanted:
                 return False
+            signers = await self.node.checkpoint_signers(conn)
             # Take the log's write lock, then re-read: an append may have moved the head.
             await conn.execute(
                 update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)

@@ -403,8 +403,12 @@ class Node:
         """Every Ed25519 key we hold that may sign now, newest first: during a rotation's
         overlap checkpoints carry both signatures, so partners that have not fetched the new
         statement yet still verify them (C2SP notes allow several signature lines)."""
+        return [self.load_signer(k.key_id) for k in await self.checkpoint_keys(conn)]
+
+    async def checkpoint_keys(self, conn: AsyncConnection) -> list[SigningKey]:
+        """The published keys :meth:`checkpoint_signers` signs with (no private key loaded)."""
         return [
-            self.load_signer(k.key_id)
+            k
             for k in reversed(self._usable(await self.trust_statement(conn)))
             if k.public_key.scheme is Scheme.ED25519
         ]
