@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -223,7 +224,7 @@ class Replicator:
         # another root, again at version 1) must never be checked against the old statement.
         self._statement: tuple[tuple[str, int, bytes], TrustStatement] | None = None
         self.applied = asyncio.Event()
-        self._last_refresh = 0.0
+        self._backoff = node.config.replication.backoff_initial_s
 
     async def _partner(self) -> Any:
         async with self.node.engine.connect() as conn:
@@ -334,7 +335,6 @@ class Replicator:
         row = await self._partner()
         if row is None:
             return None
-        self._last_refresh = time.monotonic()
         raw = await transport.trust_statements(int(row.trust_version) + 1)
         if raw:
             try:
@@ -357,10 +357,6 @@ class Replicator:
                     )
             row = await self._partner()
         return row
-
-    def _refresh_due(self) -> bool:
-        interval = self.node.config.trust.refresh_interval_s
-        return time.monotonic() - self._last_refresh >= interval
 
     def check_expiry(self, statement: TrustStatement) -> None:
         """Fail closed once the partner's statement is past its expiry and the grace period."""
@@ -395,9 +391,60 @@ class Replicator:
             await self.apply(batch, transport, statement)
         return row
 
+    async def _follow_while_current(
+        self, transport: Transport, from_index: int, tls_dir: Path
+    ) -> None:
+        """Follow the stream until it ends, or until our own TLS material switched (a TLS
+        rotation): the connection was made with the old certificate, which the partner stops
+        trusting once the old CA is retired, so reconnect with the new one."""
+        follow = asyncio.create_task(self._follow(transport, from_index))
+        watch = asyncio.create_task(self._refresh_loop(transport, tls_dir))
+        try:
+            await asyncio.wait({follow, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (follow, watch):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if follow.done() and not follow.cancelled():
+            follow.result()  # re-raise what ended the stream
+        if watch.done() and not watch.cancelled():
+            watch.result()
+
+    async def _refresh_loop(self, transport: Transport, tls_dir: Path) -> None:
+        """A quiet log sends only heartbeats: refresh the statement on its own schedule, so a
+        rotation or revocation is learnt within the interval. Returns when our TLS material
+        switched."""
+        interval = self.node.config.trust.refresh_interval_s
+        tick = min(interval, 1.0)
+        waited = 0.0
+        while self.node.tls_dir() == tls_dir:
+            await asyncio.sleep(tick)
+            waited += tick
+            if waited < interval:
+                continue
+            waited = 0.0
+            try:
+                await self.refresh_trust(transport)
+            except grpc.aio.AioRpcError as error:
+                log.info("trust refresh from %s failed: %s", self.code, error.code().name)
+
+    async def _follow(self, transport: Transport, from_index: int) -> None:
+        async for batch in transport.subscribe(from_index):
+            self.status.connected = True
+            self.status.last_error = None
+            # A suspension, removal or new trust statement takes effect at the next batch,
+            # not at the next reconnection.
+            row = await self._partner()
+            if row is None or row.suspended or row.quarantined:
+                return
+            await self._apply_trusting(batch, transport, row)
+            self._backoff = self.node.config.replication.backoff_initial_s
+
     async def run(self) -> str:
         """Replicate until stopped, suspended, removed or quarantined; returns why it stopped."""
-        backoff = self.node.config.replication.backoff_initial_s
+        self._backoff = self.node.config.replication.backoff_initial_s
         ceiling = self.node.config.replication.backoff_max_s
         while True:
             row = await self._partner()
@@ -409,6 +456,9 @@ class Replicator:
             try:
                 # Entries stored before a crash may not have been verified yet.
                 await self.verify_pending(statement)
+                # Read before the channel is made: if a TLS switch happens meanwhile, the
+                # watcher sees a change and reconnects (never the other way round).
+                tls_dir = self.node.tls_dir()
                 async with self.open_transport(row) as transport:
                     # A newer statement first: it may renew an expired one or add a key.
                     row = await self.refresh_trust(transport)
@@ -417,20 +467,9 @@ class Replicator:
                     self.check_expiry(self._statement_for(row))
                     async with self.node.engine.connect() as conn:
                         state = await load_state(conn, self.code)
-                    async for batch in transport.subscribe(state.size):
-                        self.status.connected = True
-                        self.status.last_error = None
-                        # A suspension, removal or new trust statement takes effect at the
-                        # next batch, not at the next reconnection.
-                        row = await self._partner()
-                        if row is None or row.suspended or row.quarantined:
-                            break
-                        if self._refresh_due():
-                            row = await self.refresh_trust(transport)
-                            if row is None:
-                                break
-                        row = await self._apply_trusting(batch, transport, row)
-                        backoff = self.node.config.replication.backoff_initial_s
+                    # A quiet log sends only heartbeats: refresh the statement on its own
+                    # schedule, so a rotation or revocation is learnt within the interval.
+                    await self._follow_while_current(transport, state.size, tls_dir)
             except PartnerQuarantinedError as error:
                 self.status.connected = False
                 self.status.faults["invalid_entry"] = self.status.faults.get("invalid_entry", 0) + 1
@@ -463,8 +502,8 @@ class Replicator:
             self.status.connected = False
             # Exponential back-off with full jitter, so partners recovering from an outage
             # do not reconnect in lockstep.
-            await asyncio.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not crypto
-            backoff = min(ceiling, backoff * 2)
+            await asyncio.sleep(random.uniform(0, self._backoff))  # noqa: S311 - jitter
+            self._backoff = min(ceiling, self._backoff * 2)
 
 
 class ReplicationManager:
