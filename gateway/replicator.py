@@ -42,7 +42,7 @@ from gateway.replication import (
 from gateway.storage.schema import entries, logs, node_state, partners
 from gateway.storage.tiles import root_at
 from gateway.trust import TrustError, TrustStatement, expiry_state
-from gateway.verification import parse_envelope
+from gateway.verification import apply_revocations, parse_envelope
 from mra.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = logging.getLogger("mragw.replicator")
@@ -355,6 +355,11 @@ class Replicator:
                     log.info(
                         "accepted trust statement version %d of %s", accepted.version, self.code
                     )
+                    # A revocation takes effect now, not at the partner's next append.
+                    async with self.node.engine.begin() as conn:
+                        revoked = await apply_revocations(conn, self.code, accepted)
+                    if revoked and self.on_applied is not None:
+                        self.on_applied()
             row = await self._partner()
         return row
 
