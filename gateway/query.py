@@ -42,7 +42,15 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -660,16 +668,14 @@ class Checker:
             return authoritative(r)
 
         def authoritative(r: StatusRecord) -> bool:
-            """Whose word counts for issuer I on the date asked: I's own log, our own log (we
-            signed it), or the log of the union I belongs to *on that date*. A union gateway
-            cannot speak for a state outside the union's membership on the date asked, whatever
-            ``status_date`` it writes into a record (a former member's history stays usable
-            for dates when it was a member)."""
-            if r.log in (r.issuer, self.admin):
-                return True
-            if r.log not in unions:
-                return False
-            return r.issuer in members_of(r.log, a.day)
+            return log_speaks_for(
+                r.log,
+                r.issuer,
+                own_admin=self.admin,
+                day=a.day,
+                unions=unions,
+                members_of=members_of,
+            )
 
         unions = recogniser.dataset.union_codes
         decided = _Decided(a)
@@ -740,63 +746,14 @@ class Checker:
                 certainty=None,
             )
         r = max(on_date, key=lambda x: x.order)
-        reasons: list[Reason] = []
-        # 1. The status itself.
-        if r.status == "CONSENT_WITHDRAWN":
-            reasons.append(
-                Reason(None, NO_CONSENT, f"the operator withdrew its consent on {r.status_date}")
-            )
-        elif r.status != "ACTIVE":
-            reasons.append(
-                Reason(None, STATUS_NOT_ACTIVE, f"status {r.status} since {r.status_date}")
-            )
-        # 2. The validity window, both bounds inclusive.
-        if (r.valid_from is not None and a.day < r.valid_from) or (
-            r.valid_until is not None and a.day > r.valid_until
-        ):
-            reasons.append(
-                Reason(
-                    None,
-                    OUTSIDE_VALIDITY,
-                    f"{a.day} is outside the validity {r.valid_from or '...'} to "
-                    f"{r.valid_until or 'open end'}",
-                )
-            )
-        # 3. Consent to share (a CONSENT_WITHDRAWN status already said it).
-        if not r.consent and r.status != "CONSENT_WITHDRAWN":
-            reasons.append(
-                Reason(None, NO_CONSENT, "the operator has not consented to its data being used")
-            )
-        # 4. The registry: does this administration recognise the record's issuer and type?
-        memo_key = (r.issuer, type_, a.day, a.mode, a.strict)
-        answer = registry.get(memo_key)
-        if answer is None:
-            try:
-                answer = recogniser.check(
-                    self.admin, r.issuer, type_, a.at, mode=a.mode, strict=a.strict
-                )
-            except QuestionError as error:
-                answer = str(error)
-            registry[memo_key] = answer
-        if isinstance(answer, str):
-            reasons.append(Reason(None, TYPE_NOT_IN_PROGRAMME, answer))
-            return TypeAnswer(type_, r, False, (), None, tuple(reasons), (), None)
-        if not answer.recognised:
-            reasons.extend(answer.reasons)
-        recognised = not reasons
-        try:
-            programme: str | None = recogniser.programme_types(r.issuer, a.at)[0]
-        except QuestionError:
-            programme = None
-        return TypeAnswer(
-            type=type_,
-            record=r,
-            recognised=recognised,
-            arrangements=answer.arrangements if recognised else (),
-            programme=programme,
-            reasons=tuple(reasons),
-            warnings=answer.warnings,
-            certainty=answer.certainty.value,
+        return decide_status(
+            self.admin,
+            r,
+            at=a.at,
+            mode=a.mode,
+            strict=a.strict,
+            recogniser=recogniser,
+            registry=registry,
         )
 
     @staticmethod
@@ -1081,6 +1038,102 @@ class Checker:
         return out
 
 
+# --- the decision, shared with offline evidence verification ---------------------------------
+
+
+def log_speaks_for(
+    log: str,
+    issuer: str,
+    *,
+    own_admin: str,
+    day: str,
+    unions: Collection[str],
+    members_of: Callable[[str, str], Collection[str]],
+) -> bool:
+    """Whose word counts for issuer I on the date asked: I's own log, our own log (we signed
+    it), or the log of the union I belongs to *on that date*. A union gateway cannot speak for a
+    state outside the union's membership on the date asked, whatever ``status_date`` it writes
+    into a record (a former member's history stays usable for dates when it was a member)."""
+    if log in (issuer, own_admin):
+        return True
+    if log not in unions:
+        return False
+    return issuer in members_of(log, day)
+
+
+def decide_status(
+    own_admin: str,
+    r: StatusRecord,
+    *,
+    at: date,
+    mode: str | None,
+    strict: bool,
+    recogniser: Recogniser,
+    registry: dict[tuple[str, str, str, str | None, bool], Answer | str] | None = None,
+) -> TypeAnswer:
+    """Steps 1-4 for the status record ``r`` that holds on ``at``: is its type recognised by
+    ``own_admin``? Pure (no I/O), so ``mragw verify`` re-derives an answer from an evidence
+    bundle's record and embedded dataset exactly as Check decided it. ``registry`` memoises
+    registry answers across the questions of one batch."""
+    type_ = r.aeo_type
+    day = at.isoformat()
+    reasons: list[Reason] = []
+    # 1. The status itself.
+    if r.status == "CONSENT_WITHDRAWN":
+        reasons.append(
+            Reason(None, NO_CONSENT, f"the operator withdrew its consent on {r.status_date}")
+        )
+    elif r.status != "ACTIVE":
+        reasons.append(Reason(None, STATUS_NOT_ACTIVE, f"status {r.status} since {r.status_date}"))
+    # 2. The validity window, both bounds inclusive.
+    if (r.valid_from is not None and day < r.valid_from) or (
+        r.valid_until is not None and day > r.valid_until
+    ):
+        reasons.append(
+            Reason(
+                None,
+                OUTSIDE_VALIDITY,
+                f"{day} is outside the validity {r.valid_from or '...'} to "
+                f"{r.valid_until or 'open end'}",
+            )
+        )
+    # 3. Consent to share (a CONSENT_WITHDRAWN status already said it).
+    if not r.consent and r.status != "CONSENT_WITHDRAWN":
+        reasons.append(
+            Reason(None, NO_CONSENT, "the operator has not consented to its data being used")
+        )
+    # 4. The registry: does this administration recognise the record's issuer and type?
+    memo_key = (r.issuer, type_, day, mode, strict)
+    answer = registry.get(memo_key) if registry is not None else None
+    if answer is None:
+        try:
+            answer = recogniser.check(own_admin, r.issuer, type_, at, mode=mode, strict=strict)
+        except QuestionError as error:
+            answer = str(error)
+        if registry is not None:
+            registry[memo_key] = answer
+    if isinstance(answer, str):
+        reasons.append(Reason(None, TYPE_NOT_IN_PROGRAMME, answer))
+        return TypeAnswer(type_, r, False, (), None, tuple(reasons), (), None)
+    if not answer.recognised:
+        reasons.extend(answer.reasons)
+    recognised = not reasons
+    try:
+        programme: str | None = recogniser.programme_types(r.issuer, at)[0]
+    except QuestionError:
+        programme = None
+    return TypeAnswer(
+        type=type_,
+        record=r,
+        recognised=recognised,
+        arrangements=answer.arrangements if recognised else (),
+        programme=programme,
+        reasons=tuple(reasons),
+        warnings=answer.warnings,
+        certainty=answer.certainty.value,
+    )
+
+
 def _latest_per_authorisation(history: Sequence[StatusRecord]) -> list[StatusRecord]:
     latest: dict[tuple[str, str, str, str], StatusRecord] = {}
     for r in history:
@@ -1170,4 +1223,6 @@ __all__ = [
     "TypeAnswer",
     "UnknownSequenceError",
     "WatchFilter",
+    "decide_status",
+    "log_speaks_for",
 ]
