@@ -329,6 +329,7 @@ async def verify_and_index(
     own_admin: str,
     limit: int = 5000,
     indices: Iterable[int] | None = None,
+    skew: timedelta = timedelta(0),
 ) -> int:
     """Verify pending entries' signatures, index the valid ones; quarantine on an invalid one.
 
@@ -336,7 +337,7 @@ async def verify_and_index(
     """
     # A newer trust statement may revoke a key some held entries were verified with.
     await apply_revocations(conn, code, statement)
-    checks = await verify_pending(conn, code, statement, indices=indices, limit=limit)
+    checks = await verify_pending(conn, code, statement, indices=indices, limit=limit, skew=skew)
     valid = [c.index for c in checks if c.state == "valid"]
     invalid = [c for c in checks if c.state == "invalid"]
     indexed: list[IndexedEntry] = []

@@ -316,6 +316,7 @@ class Replicator:
                     recogniser=recogniser,
                     own_admin=self.node.admin,
                     indices=indices,
+                    skew=timedelta(seconds=self.node.config.trust.clock_skew_s),
                 )
                 row = (
                     await conn.execute(

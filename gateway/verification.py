@@ -8,6 +8,10 @@ stored in ``entries.sig_state``:
   before the entry's index;
 - ``revoked``: signed by a key revoked at an index <= this entry's: never used in an answer,
   but it quarantines nobody (the issuer re-publishes with a valid key);
+- ``early``: signed by a key whose validity window had not started when this node received
+  the entry (give or take the configured clock skew): a key must not sign before it is
+  valid. Never used, no quarantine. (An entry carries no trusted signing time, so the end of a
+  window is enforced through the log instead: a retired key is revoked from an index.)
 - ``invalid``: the signature does not verify or the bytes are not an envelope: never used, and
   the partner is quarantined, because its log holds something it did not sign.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import DecodeError
 from sqlalchemy import bindparam, select, update
@@ -48,14 +53,22 @@ def parse_envelope(envelope: bytes) -> envelope_pb2.Envelope:
     return message
 
 
-def check_entry(index: int, envelope: bytes, statement: TrustStatement) -> EntryCheck:
-    """Decide one entry's state from its exact bytes and the issuer's trust statement."""
+def check_entry(
+    index: int,
+    envelope: bytes,
+    statement: TrustStatement,
+    received_at: datetime | None = None,
+    skew: timedelta = timedelta(0),
+) -> EntryCheck:
+    """Decide one entry's state from its exact bytes and the issuer's trust statement (and,
+    when known, the local time this node first received it)."""
     try:
         message = parse_envelope(envelope)
     except VerificationError as error:
         return EntryCheck(index, "invalid", str(error))
     message_bytes = pae(message.payload_type, message.payload)
     revoked_problem: str | None = None
+    early_problem: str | None = None
     for signature in message.signatures:
         key = statement.signing_key(signature.key_id)
         if key is None:
@@ -70,9 +83,17 @@ def check_entry(index: int, envelope: bytes, statement: TrustStatement) -> Entry
                 f"{key.revoked_at_index}"
             )
             continue
+        if received_at is not None and received_at < key.valid_from - skew:
+            early_problem = (
+                f"entry {index} signed by key {key.key_id} before its window starts "
+                f"({key.valid_from:%Y-%m-%dT%H:%M:%SZ})"
+            )
+            continue
         return EntryCheck(index, "valid", signer=key.key_id)
     if revoked_problem is not None:
         return EntryCheck(index, "revoked", revoked_problem)
+    if early_problem is not None:
+        return EntryCheck(index, "early", early_problem)
     return EntryCheck(
         index,
         "invalid",
@@ -86,9 +107,11 @@ async def verify_pending(
     statement: TrustStatement,
     indices: Iterable[int] | None = None,
     limit: int = 5000,
+    *,
+    skew: timedelta = timedelta(0),
 ) -> list[EntryCheck]:
     """Verify unverified entries of ``log`` (all, or those in ``indices``) and store outcomes."""
-    query = select(entries.c.idx, entries.c.envelope).where(
+    query = select(entries.c.idx, entries.c.envelope, entries.c.appended_at).where(
         entries.c.log == log, entries.c.sig_state == "unverified"
     )
     if indices is not None:
@@ -96,7 +119,16 @@ async def verify_pending(
     # No ORDER BY: the order does not matter, and sorting by idx makes SQLite walk the primary
     # key of a large replica instead of the (log, sig_state) index.
     rows = (await conn.execute(query.limit(limit))).all()
-    checks = [check_entry(r.idx, bytes(r.envelope), statement) for r in rows]
+    checks = [
+        check_entry(
+            r.idx,
+            bytes(r.envelope),
+            statement,
+            datetime.fromtimestamp(float(r.appended_at), tz=UTC),
+            skew,
+        )
+        for r in rows
+    ]
     if checks:
         await conn.execute(
             update(entries)

@@ -49,6 +49,22 @@ def test_check_entry_states() -> None:
     revoked = statement(SigningKey(good.public_key, valid_from=NOW, revoked_at_index=3))
     assert check_entry(2, envelope, revoked).state == "valid"
     assert check_entry(3, envelope, revoked).state == "revoked"
+    # A key may not sign before its window starts: judged by when this node received the entry.
+    later = statement(SigningKey(good.public_key, valid_from=NOW + dt.timedelta(hours=1)))
+    early = check_entry(3, envelope, later, received_at=NOW, skew=dt.timedelta(minutes=5))
+    assert early.state == "early"
+    assert "before its window starts" in (early.problem or "")
+    assert (
+        check_entry(
+            3,
+            envelope,
+            later,
+            received_at=NOW + dt.timedelta(minutes=56),
+            skew=dt.timedelta(minutes=5),
+        ).state
+        == "valid"
+    )
+    assert check_entry(3, envelope, later).state == "valid"  # no receipt time: not judged
 
 
 async def test_a_later_revocation_marks_verified_entries_from_its_index(
