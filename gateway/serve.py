@@ -3,7 +3,9 @@
 Background work of a running gateway:
 - the replication manager: one replicator per pinned, active partner;
 - the log watcher: wakes live-tail subscribers when the log grows (also from other processes);
-- the disclosure job: at start, after partner or dataset changes, and daily.
+- the disclosure job: at start, after partner or dataset changes, and daily;
+- witness gossip: cosigned checkpoints exchanged with each partner every
+  ``trust.witness_interval_s`` (split-view detection, see :mod:`gateway.witness`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.query import Checker
 from gateway.replicator import GrpcTransport, ReplicationManager, Transport
 from gateway.server.app import GatewayServer
 from gateway.server.identity import current_local_peer, current_partner
+from gateway.server.metrics import GatewayMetrics
 from gateway.server.tls import partner_channel
 from gateway.services.admin_service import AdminServicer
 from gateway.services.exchange_service import ExchangeServicer
@@ -34,6 +37,7 @@ from gateway.services.query_service import QueryServicer
 from gateway.status import node_status
 from gateway.storage.database import ping
 from gateway.storage.schema import node_state
+from gateway.witness_gossip import WitnessGossip
 
 log = logging.getLogger("mragw.serve")
 
@@ -66,9 +70,11 @@ class Gateway:
         self.replication = ReplicationManager(
             node, self.open_transport, on_applied=self.checker.notify
         )
+        metrics = GatewayMetrics()
+        self.witness = WitnessGossip(node, metrics)
         self.server = GatewayServer(
             node,
-            exchange=ExchangeServicer(self.exchange, self._partner_code),
+            exchange=ExchangeServicer(self.exchange, self._partner_code, metrics=metrics),
             query=QueryServicer(self.checker),
             admin=AdminServicer(node, self._actor, self.status, on_publish=self._published),
             status=self.status,
@@ -78,7 +84,9 @@ class Gateway:
                 "disclosure": self.disclosure_job,
                 "key-schedule": self.key_schedule_job,
                 "drain-follower": self._follow_draining,
+                "witness": self.witness.run,
             },
+            metrics=metrics,
         )
 
     def _may_read(self, code: str) -> str | None:

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from gateway.node import Node
 from gateway.storage.schema import entries, logs, partners
+from gateway.witness import open_alerts, witness_counts
 
 # partner code -> connected now (only a running gateway knows; the CLI alone says False)
 Connectivity = Callable[[str], bool]
@@ -43,10 +44,14 @@ async def node_status(
             .group_by(entries.c.log)
         )
         pending = {str(log): int(count) for log, count in counted}
+        # Distinct partners that cosigned the latest checkpoint we hold of each log.
+        witnesses = await witness_counts(conn)
+        alerts = await open_alerts(conn)
     now = time.time()
     report: dict[str, Any] = {
         "admin": node.admin,
         "log_size": int(own),
+        "log_witnesses": witnesses.get(node.admin, 0),
         "partners": [
             {
                 "admin": r.code,
@@ -59,9 +64,12 @@ async def node_status(
                 "reason": r.reason,
                 # Entries stored but not yet signature-checked and indexed (not yet usable).
                 "unverified": int(pending.get(r.code, 0)),
+                "witnesses": witnesses.get(r.code, 0),
             }
             for r in rows
         ],
+        # Open alerts (split views, ...), oldest first: kind, subject, message, at.
+        "alerts": alerts,
     }
     report["http_url"] = http_url
     return report

@@ -160,12 +160,16 @@ def register(app: typer.Typer) -> None:
                 else "not connected"
             )
             age = p["checkpoint_age_s"]
+            witnesses = p.get("witnesses")
             lines.append(
                 f"  {p['admin']}: {state}, {p['entries']} entries, verified size "
                 f"{p['tree_size']}"
                 + (f", checkpoint {age:.0f}s old" if age else "")
+                + (f", {witnesses} witness(es)" if witnesses is not None else "")
                 + (f" ({p['reason']})" if p["reason"] else "")
             )
+        for alert in report.get("alerts", []):
+            lines.append(f"  ALERT {alert['kind']} {alert['subject']}: {alert['message']}")
         emit_text("\n".join(lines))
 
     @app.command("health")

@@ -337,6 +337,17 @@ class GatewayMetrics:
             "Background tasks that ended with an unexpected error.",
             ("task",),
         )
+        self.witness_checkpoints = r.counter(
+            "mragw_witness_checkpoints_total",
+            "Checkpoints received from witnesses, by outcome: cosigned, pending, ignored, "
+            "bad_issuer_signature, forged_cosignature (whole exchange refused), malformed.",
+            ("outcome",),
+        )
+        self.split_views = r.counter(
+            "mragw_split_views_total",
+            "Split views detected: two checkpoints of one log that cannot both be true.",
+            ("log",),
+        )
 
 
 def _code_name(code: object) -> str:

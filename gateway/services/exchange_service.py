@@ -12,7 +12,9 @@ from typing import Any
 import grpc
 
 from gateway.exchange import Batch, ExchangeHandler
+from gateway.server.metrics import GatewayMetrics
 from gateway.services.errors import guarded, guarded_stream
+from gateway.witness_gossip import answer_witness, views_from_message, views_message
 from mra.v1 import exchange_pb2, exchange_pb2_grpc, log_pb2, trust_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -36,9 +38,16 @@ def batch_message(batch: Batch) -> exchange_pb2.SubscribeResponse:
 
 
 class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
-    def __init__(self, handler: ExchangeHandler, identify: Identify) -> None:
+    def __init__(
+        self,
+        handler: ExchangeHandler,
+        identify: Identify,
+        *,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.handler = handler
         self.identify = identify
+        self.metrics = metrics
 
     async def Subscribe(  # noqa: N802 - gRPC method name
         self, request: exchange_pb2.SubscribeRequest, context: Context
@@ -103,3 +112,16 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
         return exchange_pb2.GetTrustStatementResponse(
             statements=[trust_pb2.TrustStatement(dsse_envelope=s) for s in statements]
         )
+
+    async def Witness(  # noqa: N802
+        self, request: exchange_pb2.WitnessRequest, context: Context
+    ) -> exchange_pb2.WitnessResponse:
+        partner = await self.identify(context)
+        node = self.handler.node
+        ours = await guarded(
+            context,
+            lambda: answer_witness(
+                node, partner, views_from_message(request.checkpoints), self.metrics
+            ),
+        )
+        return exchange_pb2.WitnessResponse(checkpoints=views_message(ours))

@@ -335,3 +335,83 @@ class GetTrustStatementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTrustStatementResponse: _TypeAlias = GetTrustStatementResponse  # noqa: Y015
+
+@_typing.final
+class WitnessedCheckpoint(_message.Message):
+    """The latest checkpoint of one issuer's log that a witness (the sender) holds and verified."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    log: _builtins.str
+    """Administration code of the issuer whose log the checkpoint is of, e.g. "EU" (upper case,
+    letters only, at most 8). A receiver that does not hold that log ignores the entry.
+    """
+    @_builtins.property
+    def checkpoint(self) -> _log_pb2.Checkpoint:
+        """The issuer's signed checkpoint note exactly as the issuer signed it, followed by the
+        sender's cosignature line (C2SP cosignature/v1, key name "<sender code in lower
+        case>.mragw/witness", made with an Ed25519 signing key of the sender's current trust
+        statement). At most 64 KiB.
+        """
+
+    def __init__(
+        self,
+        *,
+        log: _builtins.str = ...,
+        checkpoint: _log_pb2.Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "log", b"log"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessedCheckpoint: _TypeAlias = WitnessedCheckpoint  # noqa: Y015
+
+@_typing.final
+class WitnessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___WitnessedCheckpoint]:
+        """The caller's views, at most one per log and at most 256 in all."""
+
+    def __init__(
+        self,
+        *,
+        checkpoints: _abc.Iterable[Global___WitnessedCheckpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessRequest: _TypeAlias = WitnessRequest  # noqa: Y015
+
+@_typing.final
+class WitnessResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___WitnessedCheckpoint]:
+        """The server's views, at most one per log: every log the server holds a verified
+        checkpoint of (its own included), each cosigned by the server.
+        """
+
+    def __init__(
+        self,
+        *,
+        checkpoints: _abc.Iterable[Global___WitnessedCheckpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessResponse: _TypeAlias = WitnessResponse  # noqa: Y015

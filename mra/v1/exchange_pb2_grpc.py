@@ -26,12 +26,11 @@ if _version_not_supported:
 
 
 class ExchangeServiceStub:
-    """Serves this administration's log and trust statements to its partners.
+    """Serves this administration's log and trust statements to its partners, and exchanges
+    witnessed checkpoints with them.
 
-    Room for later additions (new methods never break existing clients): witnessing (a partner
-    submits its cosignature of a checkpoint it verified, and passes on the latest checkpoints it
-    holds of third issuers) will be added as new methods, e.g. `Cosign` and `SubmitCheckpoints`.
-    Erasure notices need no method: they are log entries and travel through `Subscribe`.
+    New methods never break existing clients. Erasure notices need no method: they are log
+    entries and travel through `Subscribe`.
     """
 
     def __init__(self, channel):
@@ -65,15 +64,19 @@ class ExchangeServiceStub:
                 request_serializer=mra_dot_v1_dot_exchange__pb2.GetTrustStatementRequest.SerializeToString,
                 response_deserializer=mra_dot_v1_dot_exchange__pb2.GetTrustStatementResponse.FromString,
                 _registered_method=True)
+        self.Witness = channel.unary_unary(
+                '/mra.v1.ExchangeService/Witness',
+                request_serializer=mra_dot_v1_dot_exchange__pb2.WitnessRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_exchange__pb2.WitnessResponse.FromString,
+                _registered_method=True)
 
 
 class ExchangeServiceServicer:
-    """Serves this administration's log and trust statements to its partners.
+    """Serves this administration's log and trust statements to its partners, and exchanges
+    witnessed checkpoints with them.
 
-    Room for later additions (new methods never break existing clients): witnessing (a partner
-    submits its cosignature of a checkpoint it verified, and passes on the latest checkpoints it
-    holds of third issuers) will be added as new methods, e.g. `Cosign` and `SubmitCheckpoints`.
-    Erasure notices need no method: they are log entries and travel through `Subscribe`.
+    New methods never break existing clients. Erasure notices need no method: they are log
+    entries and travel through `Subscribe`.
     """
 
     def Subscribe(self, request, context):
@@ -114,6 +117,20 @@ class ExchangeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Witness(self, request, context):
+        """Witnessing (C2SP tlog-cosignature): the caller sends the latest checkpoint it holds of each
+        log it replicates (its own included), each cosigned by the caller; the server answers with
+        its own, cosigned by the server. Each side ignores logs it does not hold, stores the
+        cosignatures of checkpoints that match its own view, and treats two checkpoints of one log
+        that cannot both be true (same size and different roots, or no valid consistency proof
+        between them) as a split view: it quarantines that issuer and raises an alert naming both.
+        A malformed request gets INVALID_ARGUMENT, a cosignature that does not verify with the
+        caller's published keys FAILED_PRECONDITION; either way nothing is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExchangeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +159,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
                     request_deserializer=mra_dot_v1_dot_exchange__pb2.GetTrustStatementRequest.FromString,
                     response_serializer=mra_dot_v1_dot_exchange__pb2.GetTrustStatementResponse.SerializeToString,
             ),
+            'Witness': grpc.unary_unary_rpc_method_handler(
+                    servicer.Witness,
+                    request_deserializer=mra_dot_v1_dot_exchange__pb2.WitnessRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_exchange__pb2.WitnessResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mra.v1.ExchangeService', rpc_method_handlers)
@@ -151,12 +173,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ExchangeService:
-    """Serves this administration's log and trust statements to its partners.
+    """Serves this administration's log and trust statements to its partners, and exchanges
+    witnessed checkpoints with them.
 
-    Room for later additions (new methods never break existing clients): witnessing (a partner
-    submits its cosignature of a checkpoint it verified, and passes on the latest checkpoints it
-    holds of third issuers) will be added as new methods, e.g. `Cosign` and `SubmitCheckpoints`.
-    Erasure notices need no method: they are log entries and travel through `Subscribe`.
+    New methods never break existing clients. Erasure notices need no method: they are log
+    entries and travel through `Subscribe`.
     """
 
     @staticmethod
@@ -284,6 +305,33 @@ class ExchangeService:
             '/mra.v1.ExchangeService/GetTrustStatement',
             mra_dot_v1_dot_exchange__pb2.GetTrustStatementRequest.SerializeToString,
             mra_dot_v1_dot_exchange__pb2.GetTrustStatementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Witness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.ExchangeService/Witness',
+            mra_dot_v1_dot_exchange__pb2.WitnessRequest.SerializeToString,
+            mra_dot_v1_dot_exchange__pb2.WitnessResponse.FromString,
             options,
             channel_credentials,
             insecure,

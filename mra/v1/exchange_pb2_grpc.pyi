@@ -34,12 +34,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ExchangeServiceStub:
-    """Serves this administration's log and trust statements to its partners.
+    """Serves this administration's log and trust statements to its partners, and exchanges
+    witnessed checkpoints with them.
 
-    Room for later additions (new methods never break existing clients): witnessing (a partner
-    submits its cosignature of a checkpoint it verified, and passes on the latest checkpoints it
-    holds of third issuers) will be added as new methods, e.g. `Cosign` and `SubmitCheckpoints`.
-    Erasure notices need no method: they are log entries and travel through `Subscribe`.
+    New methods never break existing clients. Erasure notices need no method: they are log
+    entries and travel through `Subscribe`.
     """
 
     @_typing.overload
@@ -61,15 +60,24 @@ class ExchangeServiceStub:
     """Returns the current trust statement, or the chain of statements from a given version to the
     current one.
     """
+    Witness: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.WitnessRequest, _exchange_pb2.WitnessResponse]
+    """Witnessing (C2SP tlog-cosignature): the caller sends the latest checkpoint it holds of each
+    log it replicates (its own included), each cosigned by the caller; the server answers with
+    its own, cosigned by the server. Each side ignores logs it does not hold, stores the
+    cosignatures of checkpoints that match its own view, and treats two checkpoints of one log
+    that cannot both be true (same size and different roots, or no valid consistency proof
+    between them) as a split view: it quarantines that issuer and raises an alert naming both.
+    A malformed request gets INVALID_ARGUMENT, a cosignature that does not verify with the
+    caller's published keys FAILED_PRECONDITION; either way nothing is stored.
+    """
 
 @_typing.type_check_only
 class ExchangeServiceAsyncStub(ExchangeServiceStub):
-    """Serves this administration's log and trust statements to its partners.
+    """Serves this administration's log and trust statements to its partners, and exchanges
+    witnessed checkpoints with them.
 
-    Room for later additions (new methods never break existing clients): witnessing (a partner
-    submits its cosignature of a checkpoint it verified, and passes on the latest checkpoints it
-    holds of third issuers) will be added as new methods, e.g. `Cosign` and `SubmitCheckpoints`.
-    Erasure notices need no method: they are log entries and travel through `Subscribe`.
+    New methods never break existing clients. Erasure notices need no method: they are log
+    entries and travel through `Subscribe`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -88,14 +96,23 @@ class ExchangeServiceAsyncStub(ExchangeServiceStub):
     """Returns the current trust statement, or the chain of statements from a given version to the
     current one.
     """
+    Witness: _aio.UnaryUnaryMultiCallable[_exchange_pb2.WitnessRequest, _exchange_pb2.WitnessResponse]  # type: ignore[assignment]
+    """Witnessing (C2SP tlog-cosignature): the caller sends the latest checkpoint it holds of each
+    log it replicates (its own included), each cosigned by the caller; the server answers with
+    its own, cosigned by the server. Each side ignores logs it does not hold, stores the
+    cosignatures of checkpoints that match its own view, and treats two checkpoints of one log
+    that cannot both be true (same size and different roots, or no valid consistency proof
+    between them) as a split view: it quarantines that issuer and raises an alert naming both.
+    A malformed request gets INVALID_ARGUMENT, a cosignature that does not verify with the
+    caller's published keys FAILED_PRECONDITION; either way nothing is stored.
+    """
 
 class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Serves this administration's log and trust statements to its partners.
+    """Serves this administration's log and trust statements to its partners, and exchanges
+    witnessed checkpoints with them.
 
-    Room for later additions (new methods never break existing clients): witnessing (a partner
-    submits its cosignature of a checkpoint it verified, and passes on the latest checkpoints it
-    holds of third issuers) will be added as new methods, e.g. `Cosign` and `SubmitCheckpoints`.
-    Erasure notices need no method: they are log entries and travel through `Subscribe`.
+    New methods never break existing clients. Erasure notices need no method: they are log
+    entries and travel through `Subscribe`.
     """
 
     @_abc_1.abstractmethod
@@ -141,6 +158,22 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_exchange_pb2.GetTrustStatementResponse, _abc.Awaitable[_exchange_pb2.GetTrustStatementResponse]]:
         """Returns the current trust statement, or the chain of statements from a given version to the
         current one.
+        """
+
+    @_abc_1.abstractmethod
+    def Witness(
+        self,
+        request: _exchange_pb2.WitnessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.WitnessResponse, _abc.Awaitable[_exchange_pb2.WitnessResponse]]:
+        """Witnessing (C2SP tlog-cosignature): the caller sends the latest checkpoint it holds of each
+        log it replicates (its own included), each cosigned by the caller; the server answers with
+        its own, cosigned by the server. Each side ignores logs it does not hold, stores the
+        cosignatures of checkpoints that match its own view, and treats two checkpoints of one log
+        that cannot both be true (same size and different roots, or no valid consistency proof
+        between them) as a split view: it quarantines that issuer and raises an alert naming both.
+        A malformed request gets INVALID_ARGUMENT, a cosignature that does not verify with the
+        caller's published keys FAILED_PRECONDITION; either way nothing is stored.
         """
 
 def add_ExchangeServiceServicer_to_server(servicer: ExchangeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

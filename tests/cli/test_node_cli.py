@@ -50,7 +50,9 @@ def test_init_creates_a_node_with_private_keys_0600(tmp_path: Path) -> None:
     assert json.loads(status.stdout) == {
         "admin": "JP",
         "log_size": 0,
+        "log_witnesses": 0,
         "partners": [],
+        "alerts": [],
         "http_url": None,
     }
 

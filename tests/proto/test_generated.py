@@ -286,6 +286,7 @@ UNARY, SERVER_STREAM, CLIENT_STREAM = (False, False), (False, True), (True, Fals
                 "GetInclusionProof": UNARY,
                 "GetConsistencyProof": UNARY,
                 "GetTrustStatement": UNARY,
+                "Witness": UNARY,
             },
             id="exchange",
         ),
