@@ -119,7 +119,17 @@ class Gateway:
             self.node,
             self._connected,
             self.server.listeners.http_url if self.server.serving else None,
+            trust_problem=self._trust_problem,
         )
+
+    def _trust_problem(self, code: str) -> str | None:
+        status = self.replication.status(code)
+        if status is None:
+            return None
+        if status.trust_rejected:
+            return f"refused a trust statement update: {status.trust_rejected}"
+        error = status.last_error or ""
+        return error if error.startswith(("trust_expired", "key_window")) else None
 
     @asynccontextmanager
     async def open_transport(self, row: Any) -> AsyncIterator[Transport]:

@@ -4,20 +4,56 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
-from gateway.node import Node
+from gateway.errors import GatewayError
+from gateway.node import Node, now_utc
+from gateway.partners import partner_statement
 from gateway.storage.schema import entries, logs, partners
+from gateway.trust import TrustStatement, expiry_state
 from gateway.witness import open_alerts, witness_counts
 
 # partner code -> connected now (only a running gateway knows; the CLI alone says False)
 Connectivity = Callable[[str], bool]
+# partner code -> why trust holds its replication back (only a running gateway knows)
+TrustProblems = Callable[[str], str | None]
+
+
+def trust_state(node: Node, statement: TrustStatement) -> dict[str, Any]:
+    state = expiry_state(
+        statement,
+        now_utc(),
+        grace=timedelta(seconds=node.config.trust.expiry_grace_s),
+        warn=timedelta(days=node.config.trust.renew_warning_days),
+    )
+    return {
+        "version": statement.version,
+        "expires": statement.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "state": state.state,
+        "message": state.message,
+    }
+
+
+def _partner_trust(node: Node, row: Any) -> dict[str, Any] | None:
+    try:
+        return trust_state(node, partner_statement(row))
+    except GatewayError as error:  # a stored chain that no longer verifies: say so
+        return {
+            "version": int(row.trust_version),
+            "expires": "",
+            "state": "invalid",
+            "message": str(error),
+        }
 
 
 async def node_status(
-    node: Node, connected: Connectivity | None = None, http_url: str | None = None
+    node: Node,
+    connected: Connectivity | None = None,
+    http_url: str | None = None,
+    trust_problem: TrustProblems | None = None,
 ) -> dict[str, Any]:
     async with node.engine.connect() as conn:
         own = (
@@ -27,6 +63,9 @@ async def node_status(
             await conn.execute(
                 select(
                     partners.c.code,
+                    partners.c.root_fingerprint,
+                    partners.c.trust_version,
+                    partners.c.bundle,
                     partners.c.suspended,
                     partners.c.quarantined,
                     partners.c.reason,
@@ -47,11 +86,14 @@ async def node_status(
         # Distinct partners that cosigned the latest checkpoint we hold of each log.
         witnesses = await witness_counts(conn)
         alerts = await open_alerts(conn)
+        own_statement = await node.trust_statement(conn)
     now = time.time()
     report: dict[str, Any] = {
         "admin": node.admin,
         "log_size": int(own),
         "log_witnesses": witnesses.get(node.admin, 0),
+        # Our own statement: renew it (`mragw trust renew`) before partners stop trusting it.
+        "trust": trust_state(node, own_statement),
         "partners": [
             {
                 "admin": r.code,
@@ -65,6 +107,8 @@ async def node_status(
                 # Entries stored but not yet signature-checked and indexed (not yet usable).
                 "unverified": int(pending.get(r.code, 0)),
                 "witnesses": witnesses.get(r.code, 0),
+                "trust": _partner_trust(node, r),
+                "trust_problem": trust_problem(r.code) if trust_problem is not None else None,
             }
             for r in rows
         ],

@@ -149,6 +149,9 @@ def register(app: typer.Typer) -> None:
             f"{report['admin']}: log size {report['log_size']}"
             + (f", http {report['http_url']}" if report.get("http_url") else "")
         ]
+        own_trust = report.get("trust")
+        if own_trust and own_trust["state"] != "valid":
+            lines.append(f"  WARNING {own_trust['message']} (mragw trust renew)")
         for p in report["partners"]:
             state = (
                 "quarantined"
@@ -168,6 +171,11 @@ def register(app: typer.Typer) -> None:
                 + (f", {witnesses} witness(es)" if witnesses is not None else "")
                 + (f" ({p['reason']})" if p["reason"] else "")
             )
+            trust = p.get("trust")
+            if trust and trust["state"] != "valid":
+                lines.append(f"    trust: {trust['message']}")
+            if p.get("trust_problem"):
+                lines.append(f"    trust: {p['trust_problem']}")
         for alert in report.get("alerts", []):
             lines.append(f"  ALERT {alert['kind']} {alert['subject']}: {alert['message']}")
         emit_text("\n".join(lines))

@@ -136,10 +136,28 @@ async def running_status(node: Node, target: str | None) -> dict[str, Any] | Non
                 "suspended": p.suspended,
                 "reason": p.reason if p.HasField("reason") else None,
                 "unverified": p.unverified,
+                "witnesses": p.witnesses,
+                "trust": _trust(p.trust) if p.HasField("trust") else None,
+                "trust_problem": p.trust_problem if p.HasField("trust_problem") else None,
             }
             for p in response.partners
         ],
+        "log_witnesses": response.log_witnesses,
+        "trust": _trust(response.trust),
+        "alerts": [
+            {"kind": a.kind, "subject": a.subject, "message": a.message, "at": a.at}
+            for a in response.alerts
+        ],
         "http_url": response.http_url or None,
+    }
+
+
+def _trust(state: admin_pb2.TrustState) -> dict[str, Any]:
+    return {
+        "version": state.version,
+        "expires": state.expires,
+        "state": state.state,
+        "message": state.message,
     }
 
 

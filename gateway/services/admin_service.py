@@ -264,6 +264,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             admin=report["admin"],
             log_size=report["log_size"],
             http_url=report.get("http_url") or "",
+            log_witnesses=report.get("log_witnesses", 0),
+            trust=admin_pb2.TrustState(**report["trust"]),
+            alerts=[admin_pb2.Alert(**a) for a in report.get("alerts", [])],
         )
         for p in report["partners"]:
             item = response.partners.add(
@@ -274,7 +277,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 quarantined=p["quarantined"],
                 suspended=p["suspended"],
                 unverified=p.get("unverified", 0),
+                witnesses=p.get("witnesses", 0),
             )
+            if p.get("trust") is not None:
+                item.trust.CopyFrom(admin_pb2.TrustState(**p["trust"]))
+            if p.get("trust_problem") is not None:
+                item.trust_problem = p["trust_problem"]
             if p["checkpoint_age_s"] is not None:
                 item.checkpoint_age_s = p["checkpoint_age_s"]
             if p["reason"] is not None:

@@ -630,6 +630,9 @@ class PartnerStatus(_message.Message):
     SUSPENDED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     UNVERIFIED_FIELD_NUMBER: _builtins.int
+    WITNESSES_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
+    TRUST_PROBLEM_FIELD_NUMBER: _builtins.int
     admin: _builtins.str
     """The partner's administration code."""
     connected: _builtins.bool
@@ -648,6 +651,18 @@ class PartnerStatus(_message.Message):
     """Why it is quarantined or suspended; absent (JSON null) otherwise."""
     unverified: _builtins.int
     """Entries stored but not yet signature-checked and indexed, so not yet used in answers."""
+    witnesses: _builtins.int
+    """Distinct partners (witnesses) whose cosignature on the latest checkpoint of this
+    partner's log we hold.
+    """
+    trust_problem: _builtins.str
+    """Why replication from the partner is held back by trust (a refused statement update, an
+    expired statement, a key outside its window); absent (JSON null) when nothing is wrong.
+    """
+    @_builtins.property
+    def trust(self) -> Global___TrustState:
+        """The partner's newest trust statement held here, against its expiry."""
+
     def __init__(
         self,
         *,
@@ -660,21 +675,98 @@ class PartnerStatus(_message.Message):
         suspended: _builtins.bool = ...,
         reason: _builtins.str | None = ...,
         unverified: _builtins.int = ...,
+        witnesses: _builtins.int = ...,
+        trust: Global___TrustState | None = ...,
+        trust_problem: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "checkpoint_age_s", b"checkpoint_age_s", "reason", b"reason"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "checkpoint_age_s", b"checkpoint_age_s", "reason", b"reason", "trust", b"trust", "trust_problem", b"trust_problem"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size", "unverified", b"unverified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size", "trust", b"trust", "trust_problem", b"trust_problem", "unverified", b"unverified", "witnesses", b"witnesses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__checkpoint_age_s: _TypeAlias = _typing.Literal["checkpoint_age_s"]  # noqa: Y015
     _WhichOneofArgType__checkpoint_age_s: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s"]  # noqa: Y015
     _WhichOneofReturnType__reason: _TypeAlias = _typing.Literal["reason"]  # noqa: Y015
     _WhichOneofArgType__reason: _TypeAlias = _typing.Literal["_reason", b"_reason"]  # noqa: Y015
+    _WhichOneofReturnType__trust_problem: _TypeAlias = _typing.Literal["trust_problem"]  # noqa: Y015
+    _WhichOneofArgType__trust_problem: _TypeAlias = _typing.Literal["_trust_problem", b"_trust_problem"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__checkpoint_age_s) -> _WhichOneofReturnType__checkpoint_age_s | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reason) -> _WhichOneofReturnType__reason | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__trust_problem) -> _WhichOneofReturnType__trust_problem | None: ...
 
 Global___PartnerStatus: _TypeAlias = PartnerStatus  # noqa: Y015
+
+@_typing.final
+class TrustState(_message.Message):
+    """Where a trust statement stands against its expiry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Version of the statement."""
+    expires: _builtins.str
+    """Its expiry, "YYYY-MM-DDTHH:MM:SSZ"."""
+    state: _builtins.str
+    """"valid", "renew_soon" (inside the warning period), "grace" (expired, still honoured) or
+    "expired" (past the grace period: replication from that administration stops).
+    """
+    message: _builtins.str
+    """The same in words, e.g. "trust statement version 3 of JP expires ...: renew it"."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        expires: _builtins.str = ...,
+        state: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "message", b"message", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustState: _TypeAlias = TrustState  # noqa: Y015
+
+@_typing.final
+class Alert(_message.Message):
+    """An alert an operator must see (a split view, ...), open until cleared."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Kind, e.g. "split_view"."""
+    subject: _builtins.str
+    """The administration it is about."""
+    message: _builtins.str
+    """What happened, naming the evidence (both checkpoints of a split view)."""
+    at: _builtins.str
+    """When it was raised, "YYYY-MM-DDTHH:MM:SSZ"."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        message: _builtins.str = ...,
+        at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "kind", b"kind", "message", b"message", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Alert: _TypeAlias = Alert  # noqa: Y015
 
 @_typing.final
 class GetStatusResponse(_message.Message):
@@ -684,15 +776,28 @@ class GetStatusResponse(_message.Message):
     LOG_SIZE_FIELD_NUMBER: _builtins.int
     PARTNERS_FIELD_NUMBER: _builtins.int
     HTTP_URL_FIELD_NUMBER: _builtins.int
+    LOG_WITNESSES_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
+    ALERTS_FIELD_NUMBER: _builtins.int
     admin: _builtins.str
     """This node's administration code."""
     log_size: _builtins.int
     """Size of this node's own log."""
     http_url: _builtins.str
     """URL of the node's HTTP listener (metrics and status page), e.g. "http://127.0.0.1:9464"."""
+    log_witnesses: _builtins.int
+    """Distinct partners whose cosignature on our latest checkpoint we hold."""
     @_builtins.property
     def partners(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartnerStatus]:
         """Each pinned partner, sorted by administration code."""
+
+    @_builtins.property
+    def trust(self) -> Global___TrustState:
+        """Our own trust statement against its expiry (status warns before it expires)."""
+
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
+        """Open alerts, oldest first."""
 
     def __init__(
         self,
@@ -701,10 +806,13 @@ class GetStatusResponse(_message.Message):
         log_size: _builtins.int = ...,
         partners: _abc.Iterable[Global___PartnerStatus] | None = ...,
         http_url: _builtins.str = ...,
+        log_witnesses: _builtins.int = ...,
+        trust: Global___TrustState | None = ...,
+        alerts: _abc.Iterable[Global___Alert] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "http_url", b"http_url", "log_size", b"log_size", "partners", b"partners"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "alerts", b"alerts", "http_url", b"http_url", "log_size", b"log_size", "log_witnesses", b"log_witnesses", "partners", b"partners", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -102,6 +102,19 @@ def test_refusals_name_the_problem_and_change_nothing(
     assert version(home) == before
 
 
+def test_status_warns_before_our_statement_expires(tmp_path: Path) -> None:
+    home = tmp_path / "jp"
+    init(home, "JP", 17140)
+    status = json.loads(run("status", "--home", str(home), "--json").stdout)
+    assert status["trust"]["state"] == "valid"
+    assert run("trust", "renew", "--home", str(home), "--days", "10").exit_code == 0
+    status = json.loads(run("status", "--home", str(home), "--json").stdout)
+    assert status["trust"]["state"] == "renew_soon"
+    assert status["trust"]["version"] == 2
+    text = run("status", "--home", str(home))
+    assert "WARNING trust statement version 2 of JP expires" in text.stdout
+
+
 def test_the_root_key_kept_offline_is_asked_for(tmp_path: Path) -> None:
     home = tmp_path / "jp"
     init(home, "JP", 17130)

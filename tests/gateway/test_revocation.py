@@ -15,6 +15,7 @@ from crypto.checkpoint import Checkpoint, sign_checkpoint
 from crypto.envelope import envelope_to_json
 from crypto.keys import PrivateKeySigner
 from gateway import keys
+from gateway.cli.remote import running_status
 from gateway.keys import KeyCommandError
 from gateway.node import now_utc
 from gateway.partners import partner_statement
@@ -167,6 +168,13 @@ async def test_an_expired_statement_stops_replication_after_the_grace_until_rene
         status = cluster.gateways["JP"].replication.status("EU")
         assert status is not None
         assert "grace ended" in (status.last_error or "")
+        # `mragw status` (through the running gateway's admin API) says why.
+        live = await running_status(jp, cluster.gateways["JP"].server.listeners.admin_target)
+        assert live is not None
+        (eu_status,) = live["partners"]
+        assert eu_status["trust"]["state"] == "expired"
+        assert "trust_expired" in eu_status["trust_problem"]
+        assert live["trust"]["state"] == "valid"
         await cluster.publish("EU", bulk_records(5))
         assert (await log_head(jp, "EU")).size == 3  # nothing applied while expired
         assert not (await partner_row(jp, "EU")).quarantined

@@ -212,6 +212,10 @@ def test_check_response_mirrors_the_json_contract() -> None:
         "reason",
         # Extension: entries stored but not yet signature-checked (not yet used in answers).
         "unverified",
+        # Trust lifecycle: witnesses of its latest checkpoint, its statement's expiry state.
+        "witnesses",
+        "trust",
+        "trust_problem",
     }
     # JSON null: absent operator, absent arrangement, absent checkpoint age.
     answer = query_pb2.CheckResponse(issuer="DE", at="2026-11-27")
