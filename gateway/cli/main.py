@@ -16,6 +16,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here so each group module can import `app`-free helpers without cycles.
     from gateway.cli import (
+        alerts_cmd,
         check_cmd,
         evidence_cmd,
         keys_cmd,
@@ -30,6 +31,7 @@ def _register() -> None:
     keys_cmd.register(app)
     app.add_typer(partner_cmd.app, name="partner")
     app.add_typer(registry_cmd.app, name="registry")
+    app.add_typer(alerts_cmd.app, name="alerts")
 
 
 _register()

@@ -1,0 +1,58 @@
+"""Operator alerts (split views, ...): raised by the gateway, cleared by an operator.
+
+An alert stays open until an operator clears it after investigating, so a condition that
+resolved itself (a partner resumed, say) still leaves a trace to read; clearing is audited.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+
+from gateway.audit import record_action
+from gateway.errors import InputError
+from gateway.node import Node
+from gateway.storage.schema import alerts
+
+
+async def list_alerts(node: Node, *, include_cleared: bool = False) -> list[dict[str, Any]]:
+    query = select(alerts).order_by(alerts.c.at, alerts.c.id)
+    if not include_cleared:
+        query = query.where(alerts.c.cleared.is_(False))
+    async with node.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [
+        {
+            "id": int(r.id),
+            "kind": r.kind,
+            "subject": r.subject,
+            "message": r.message,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.at)),
+            "cleared": bool(r.cleared),
+        }
+        for r in rows
+    ]
+
+
+async def clear_alerts(
+    node: Node, *, alert_id: int | None = None, subject: str | None = None, actor: str
+) -> int:
+    """Clear one alert (by id) or every open alert about an administration; returns how many."""
+    if (alert_id is None) == (subject is None):
+        raise InputError("give exactly one of an alert id or --subject")
+    query = update(alerts).where(alerts.c.cleared.is_(False)).values(cleared=True)
+    if alert_id is not None:
+        query = query.where(alerts.c.id == alert_id)
+    else:
+        query = query.where(alerts.c.subject == subject)
+    async with node.engine.begin() as conn:
+        cleared = (await conn.execute(query)).rowcount or 0
+        if cleared == 0:
+            what = f"alert {alert_id}" if alert_id is not None else f"alerts about {subject}"
+            raise InputError(f"no open {what}")
+        await record_action(
+            conn, actor, "alerts.clear", {"id": alert_id, "subject": subject, "cleared": cleared}
+        )
+    return cleared
