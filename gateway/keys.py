@@ -43,17 +43,13 @@ from crypto.envelope import envelope_to_json
 from crypto.keys import PrivateKeySigner, Scheme, save_private_key
 from crypto.pki import (
     certificate_to_pem,
-    create_ca_certificate,
-    generate_tls_key,
-    issue_client_certificate,
-    issue_server_certificate,
 )
 from gateway.audit import record_action
 from gateway.datasets import active_recogniser
 from gateway.disclosure import decode_own
 from gateway.errors import InputError
 from gateway.issuer_log import IssuerLog, prepare
-from gateway.node import ADMIN_ROLE, Node, now_utc
+from gateway.node import Node, make_tls_material, now_utc
 from gateway.storage.schema import entries, logs, node_state, records, trust_statements
 from gateway.trust import (
     SigningKey,
@@ -367,23 +363,7 @@ async def rotate_tls(
 
 def _make_tls(node: Node, folder: Path, moment: dt.datetime) -> str:
     leaf_days = dt.timedelta(days=node.config.keys.tls_leaf_days)
-    ca_key = generate_tls_key()
-    ca_cert = create_ca_certificate(node.admin, ca_key, now=moment)
-    node_key = generate_tls_key()
-    node_cert = issue_server_certificate(
-        ca_cert, ca_key, node_key.public_key, now=moment, validity=leaf_days
-    )
-    admin_key = generate_tls_key()
-    admin_cert = issue_client_certificate(
-        ca_cert, ca_key, admin_key.public_key, now=moment, role=ADMIN_ROLE, validity=leaf_days
-    )
-    for name, key, cert in (
-        ("ca", ca_key, ca_cert),
-        ("node", node_key, node_cert),
-        ("admin", admin_key, admin_cert),
-    ):
-        save_private_key(key, folder / f"{name}.key", node.passphrase)
-        (folder / f"{name}.pem").write_bytes(certificate_to_pem(cert))
+    ca_cert = make_tls_material(folder, node.admin, moment, leaf_days, node.passphrase)
     return certificate_to_pem(ca_cert).decode("ascii")
 
 

@@ -181,24 +181,9 @@ async def initialise_node(
         entry_signer = PrivateKeySigner.generate(scheme)
         save_private_key(entry_signer, paths.signing_key(entry_signer.key_id), passphrase)
 
-    leaf_days = dt.timedelta(days=config.keys.tls_leaf_days)
-    ca_key = generate_tls_key()
-    ca_cert = create_ca_certificate(admin, ca_key, now=moment)
-    node_key = generate_tls_key()
-    node_cert = issue_server_certificate(
-        ca_cert, ca_key, node_key.public_key, now=moment, validity=leaf_days
+    ca_cert = make_tls_material(
+        paths.tls, admin, moment, dt.timedelta(days=config.keys.tls_leaf_days), passphrase
     )
-    admin_key = generate_tls_key()
-    admin_cert = issue_client_certificate(
-        ca_cert, ca_key, admin_key.public_key, now=moment, role=ADMIN_ROLE, validity=leaf_days
-    )
-    for name, key, cert in (
-        ("ca", ca_key, ca_cert),
-        ("node", node_key, node_cert),
-        ("admin", admin_key, admin_cert),
-    ):
-        save_private_key(key, paths.tls_file(f"{name}.key"), passphrase)
-        paths.tls_file(f"{name}.pem").write_bytes(certificate_to_pem(cert))
 
     keys = [SigningKey(public_key=signing.public_key, valid_from=moment)]
     if entry_signer is not signing:
@@ -260,6 +245,36 @@ async def initialise_node(
     finally:
         await engine.dispose()
     return config
+
+
+def make_tls_material(
+    folder: Path,
+    admin: str,
+    moment: dt.datetime,
+    leaf_validity: dt.timedelta,
+    passphrase: bytes | None,
+) -> Any:
+    """A TLS CA, the gateway's server/client certificate and the CLI's admin certificate in
+    ``folder`` (private keys 0600); returns the CA certificate. Used at init and by a TLS
+    rotation (into ``tls/next``)."""
+    ca_key = generate_tls_key()
+    ca_cert = create_ca_certificate(admin, ca_key, now=moment)
+    node_key = generate_tls_key()
+    node_cert = issue_server_certificate(
+        ca_cert, ca_key, node_key.public_key, now=moment, validity=leaf_validity
+    )
+    admin_key = generate_tls_key()
+    admin_cert = issue_client_certificate(
+        ca_cert, ca_key, admin_key.public_key, now=moment, role=ADMIN_ROLE, validity=leaf_validity
+    )
+    for name, key, cert in (
+        ("ca", ca_key, ca_cert),
+        ("node", node_key, node_cert),
+        ("admin", admin_key, admin_cert),
+    ):
+        save_private_key(key, folder / f"{name}.key", passphrase)
+        (folder / f"{name}.pem").write_bytes(certificate_to_pem(cert))
+    return ca_cert
 
 
 def _split_pem(data: bytes) -> list[bytes]:
