@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import shutil
 import signal
@@ -28,20 +29,25 @@ from typing import Any
 import grpc
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
-from gateway import demo_data
+from gateway import demo_data, keys
 from gateway.cli.remote import probe_health, publish_remote, running_status
 from gateway.errors import UnreachableError
+from gateway.evidence import EvidenceRequest, build_evidence
+from gateway.evidence_verify import verify_evidence
 from gateway.node import Node, initialise_node
 from gateway.partners import add_partner, export_bundle
 from gateway.records import parse_records
 from gateway.server.runtime import read_runtime
 from gateway.server.tls import local_channel
+from gateway.storage.schema import partners
 from mra.v1 import query_pb2, query_pb2_grpc, records_pb2
 
 ADMINS = ("EU", "JP", "US")
 READY_DEADLINE_S = 60.0
 REPLICATION_DEADLINE_S = 60.0
+ROTATION_OVERLAP = dt.timedelta(seconds=2)
 
 
 @dataclass
@@ -268,6 +274,62 @@ async def show_status(nodes: Sequence[DemoNode], console: Console) -> None:
     console.print(table)
 
 
+async def rotate_and_prove(
+    by_admin: dict[str, DemoNode], nodes: Sequence[DemoNode], root: Path, console: Console
+) -> None:
+    """Steps 7 and 8: a signing key rotation while running, then offline evidence."""
+    eu, jp = by_admin["EU"], by_admin["JP"]
+    console.print("7. The EU rotates its log signing key while everything runs")
+    statement = await keys.rotate_signing(eu.node, overlap=ROTATION_OVERLAP)
+    console.print(
+        f"   trust statement v{statement.version} publishes the new key; it signs from "
+        f"{ROTATION_OVERLAP.total_seconds():.0f}s on"
+    )
+    await wait_for_new_key(eu.node)
+    revalidated = {**demo_data.eu_records()[0], "last_validation": "2025-02-01"}
+    result = await publish(eu, [revalidated])
+    await wait_replicated(nodes)
+    async with jp.node.engine.connect() as conn:
+        version = (
+            await conn.execute(select(partners.c.trust_version).where(partners.c.code == "EU"))
+        ).scalar_one()
+    console.print(
+        f"   EU log size {result['tree_size']}: JP and US followed to statement v{version} "
+        "and verified the new key's entries, with no restart and no manual step"
+    )
+    console.print("8. JP writes evidence a third party can check offline")
+    produced = await build_evidence(
+        jp.node, EvidenceRequest(operator="DE4711000012345", issuer="EU", at="2025-01-15")
+    )
+    bundle = root / "evidence-DE4711000012345.json"
+    bundle.write_bytes(produced.data)
+    anchors = [await root_fingerprint(by_admin[code].node) for code in ("EU", "JP")]
+    report = verify_evidence(bundle.read_bytes(), anchors)
+    console.print(f"   {bundle.name}, verified with the EU and JP root fingerprints only:")
+    for line in report.summary().splitlines():
+        console.print(f"   {line}", highlight=False, markup=False)
+
+
+async def wait_for_new_key(node: Node) -> None:
+    """Until the rotated key's overlap has passed and the node signs with it."""
+    async with node.engine.connect() as conn:
+        statement = await node.trust_statement(conn)
+    newest = max(statement.signing_keys, key=lambda k: k.valid_from)
+    deadline = asyncio.get_running_loop().time() + ROTATION_OVERLAP.total_seconds() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        async with node.engine.connect() as conn:
+            checkpoint, _ = await node.active_signers(conn)
+        if checkpoint.key_id == newest.key_id:
+            return
+        await asyncio.sleep(0.2)
+    raise UnreachableError("the rotated signing key did not become active")
+
+
+async def root_fingerprint(node: Node) -> str:
+    async with node.engine.connect() as conn:
+        return (await node.trust_statement(conn)).root_fingerprint
+
+
 def stop(nodes: Sequence[DemoNode], grace_s: float = 15.0) -> None:
     for demo in nodes:
         if demo.process is not None and demo.process.poll() is None:
@@ -340,6 +402,7 @@ async def _scenario(
         ),
     )
     answers.extend(await show_checks(by_admin, later, console, "After the revocation"))
+    await rotate_and_prove(by_admin, nodes, root, console)
     console.rule("[bold]done")
     if keep_running:
         console.print(f"Gateways keep running in {root}; press Ctrl-C to stop them.")

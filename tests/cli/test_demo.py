@@ -23,5 +23,8 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert "no, NOT_YET_EFFECTIVE" in out
     assert "STATUS_NOT_ACTIVE" in out
     assert "unexpected answers" not in out
+    # The rotation step: partners followed the new statement; the evidence step verified.
+    assert "followed to statement v2" in out
+    assert "VERIFIED: evidence produced by JP" in out
     # Every gateway was stopped and the temporary directory removed.
     assert not any(p.name.startswith("mragw-demo-") for p in tmp_path.iterdir())
