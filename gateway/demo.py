@@ -289,10 +289,17 @@ async def rotate_and_prove(
     revalidated = {**demo_data.eu_records()[0], "last_validation": "2025-02-01"}
     result = await publish(eu, [revalidated])
     await wait_replicated(nodes)
-    async with jp.node.engine.connect() as conn:
-        version = (
-            await conn.execute(select(partners.c.trust_version).where(partners.c.code == "EU"))
-        ).scalar_one()
+    followed = []
+    for partner in (jp, by_admin["US"]):
+        async with partner.node.engine.connect() as conn:
+            followed.append(
+                (
+                    await conn.execute(
+                        select(partners.c.trust_version).where(partners.c.code == "EU")
+                    )
+                ).scalar_one()
+            )
+    version = min(followed)
     console.print(
         f"   EU log size {result['tree_size']}: JP and US followed to statement v{version} "
         "and verified the new key's entries, with no restart and no manual step"
