@@ -330,6 +330,7 @@ async def verify_and_index(
     limit: int = 5000,
     indices: Iterable[int] | None = None,
     skew: timedelta = timedelta(0),
+    trust_checked_at: float | None = None,
 ) -> int:
     """Verify pending entries' signatures, index the valid ones; quarantine on an invalid one.
 

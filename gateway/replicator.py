@@ -225,6 +225,9 @@ class Replicator:
         self._statement: tuple[tuple[str, int, bytes], TrustStatement] | None = None
         self.applied = asyncio.Event()
         self._backoff = node.config.replication.backoff_initial_s
+        # When the partner last answered GetTrustStatement (epoch s; 0: not yet): entries
+        # received after it and signed by an unknown key wait for the next refresh.
+        self._trust_checked_at = 0.0
 
     async def _partner(self) -> Any:
         async with self.node.engine.connect() as conn:
@@ -317,6 +320,7 @@ class Replicator:
                     own_admin=self.node.admin,
                     indices=indices,
                     skew=timedelta(seconds=self.node.config.trust.clock_skew_s),
+                    trust_checked_at=self._trust_checked_at,
                 )
                 row = (
                     await conn.execute(
@@ -336,6 +340,7 @@ class Replicator:
         row = await self._partner()
         if row is None:
             return None
+        asked_at = time.time()
         raw = await transport.trust_statements(int(row.trust_version) + 1)
         if raw:
             try:
@@ -362,6 +367,7 @@ class Replicator:
                     if revoked and self.on_applied is not None:
                         self.on_applied()
             row = await self._partner()
+        self._trust_checked_at = asked_at
         return row
 
     def check_expiry(self, statement: TrustStatement) -> None:
@@ -458,19 +464,19 @@ class Replicator:
                 return "removed"
             if row.suspended or row.quarantined:
                 return "quarantined" if row.quarantined else "suspended"
-            statement = self._statement_for(row)
             try:
-                # Entries stored before a crash may not have been verified yet.
-                await self.verify_pending(statement)
                 # Read before the channel is made: if a TLS switch happens meanwhile, the
                 # watcher sees a change and reconnects (never the other way round).
                 tls_dir = self.node.tls_dir()
                 async with self.open_transport(row) as transport:
-                    # A newer statement first: it may renew an expired one or add a key.
+                    # A newer statement first: it may renew an expired one or add a key
+                    # that entries stored before a crash were signed with.
                     row = await self.refresh_trust(transport)
                     if row is None:
                         continue
-                    self.check_expiry(self._statement_for(row))
+                    statement = self._statement_for(row)
+                    await self.verify_pending(statement)
+                    self.check_expiry(statement)
                     async with self.node.engine.connect() as conn:
                         state = await load_state(conn, self.code)
                     # A quiet log sends only heartbeats: refresh the statement on its own

@@ -59,9 +59,16 @@ def check_entry(
     statement: TrustStatement,
     received_at: datetime | None = None,
     skew: timedelta = timedelta(0),
+    *,
+    unknown_is_final: bool = True,
 ) -> EntryCheck:
     """Decide one entry's state from its exact bytes and the issuer's trust statement (and,
-    when known, the local time this node first received it)."""
+    when known, the local time this node first received it).
+
+    With ``unknown_is_final`` false, an entry signed only by keys the statement does not list
+    stays ``unverified``: the issuer may have rotated and we have not fetched its newer
+    statement since the entry arrived, so calling it forged would quarantine an honest
+    partner."""
     try:
         message = parse_envelope(envelope)
     except VerificationError as error:
@@ -94,6 +101,8 @@ def check_entry(
         return EntryCheck(index, "revoked", revoked_problem)
     if early_problem is not None:
         return EntryCheck(index, "early", early_problem)
+    if not unknown_is_final:
+        return EntryCheck(index, "unverified", "signed by a key not in the held statement yet")
     return EntryCheck(
         index,
         "invalid",
@@ -109,8 +118,12 @@ async def verify_pending(
     limit: int = 5000,
     *,
     skew: timedelta = timedelta(0),
+    trust_checked_at: float | None = None,
 ) -> list[EntryCheck]:
-    """Verify unverified entries of ``log`` (all, or those in ``indices``) and store outcomes."""
+    """Verify unverified entries of ``log`` (all, or those in ``indices``) and store outcomes;
+    returns the entries decided. ``trust_checked_at`` (epoch seconds): when the issuer was
+    last asked for a newer statement; an entry received after that and signed by an unknown
+    key is left for after the next refresh."""
     query = select(entries.c.idx, entries.c.envelope, entries.c.appended_at).where(
         entries.c.log == log, entries.c.sig_state == "unverified"
     )
@@ -126,9 +139,11 @@ async def verify_pending(
             statement,
             datetime.fromtimestamp(float(r.appended_at), tz=UTC),
             skew,
+            unknown_is_final=trust_checked_at is None or float(r.appended_at) < trust_checked_at,
         )
         for r in rows
     ]
+    checks = [c for c in checks if c.state != "unverified"]
     if checks:
         await conn.execute(
             update(entries)

@@ -113,3 +113,50 @@ async def test_a_later_revocation_marks_verified_entries_from_its_index(
             .all()
         )
     assert list(states) == ["valid", "valid", "revoked", "revoked", "revoked"]
+
+
+async def test_an_unknown_key_waits_for_a_statement_refresh_before_it_counts_as_forged(
+    engine: AsyncEngine,
+) -> None:
+    known, rotated = PrivateKeySigner.generate(), PrivateKeySigner.generate()
+    held = statement(SigningKey(known.public_key, valid_from=NOW))
+    received = time.time()
+    async with engine.begin() as conn:
+        await create_empty_log(conn, "EU", own=False)
+        await conn.execute(
+            entries.insert(),
+            [
+                {
+                    "log": "EU",
+                    "idx": i,
+                    "leaf_hash": leaf_hash(env),
+                    "envelope": env,
+                    "payload_type": None,
+                    "sig_state": "unverified",
+                    "signer": None,
+                    "content_digest": None,
+                    "appended_at": received,
+                }
+                for i, env in enumerate(
+                    [envelope_bytes(TYPE, b"a", known), envelope_bytes(TYPE, b"b", rotated)]
+                )
+            ],
+        )
+        # Received after our last refresh: the rotated key's entry is left for later.
+        checks = await verify_pending(conn, "EU", held, trust_checked_at=received - 1)
+    assert [(c.index, c.state) for c in checks] == [(0, "valid")]
+    async with engine.begin() as conn:
+        # A refresh that brought the new key: valid.
+        newer = statement(
+            SigningKey(known.public_key, valid_from=NOW),
+            SigningKey(rotated.public_key, valid_from=NOW),
+        )
+        checks = await verify_pending(conn, "EU", newer, trust_checked_at=received + 1)
+    assert [(c.index, c.state) for c in checks] == [(1, "valid")]
+    async with engine.begin() as conn:
+        await conn.execute(
+            entries.update().where(entries.c.idx == 1).values(sig_state="unverified")
+        )
+        # A refresh after it arrived that still does not list the key: forged.
+        checks = await verify_pending(conn, "EU", held, trust_checked_at=received + 1)
+    assert [(c.index, c.state) for c in checks] == [(1, "invalid")]
