@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,15 +138,24 @@ def envelope_bytes(payload_type: str, payload: bytes, signer: PrivateKeySigner) 
 
 
 def prepare(
-    record: Record, signer: PrivateKeySigner, disclosed_to: str | None = None
+    record: Record,
+    signer: PrivateKeySigner,
+    disclosed_to: str | None = None,
+    republished_from: int | None = None,
 ) -> PreparedEntry:
+    """Sign a record as a new entry. ``republished_from``: the index of a revoked entry this
+    one re-signs; it is part of the idempotency digest, so re-running a re-publication
+    appends nothing twice while the revoked original keeps its own digest."""
     audience = (disclosed_to,) if disclosed_to else None
     payload_type = codec.payload_type_of(record)
     payload = codec.encode(record, codec.new_salt(), audience)
     envelope = envelope_bytes(payload_type, payload, signer)
+    digest = codec.content_digest(record, audience)
+    if republished_from is not None:
+        digest = hashlib.sha256(b"republished-from:%d:" % republished_from + digest).digest()
     return PreparedEntry(
         record=record,
-        digest=codec.content_digest(record, audience),
+        digest=digest,
         envelope=envelope,
         leaf_hash=leaf_hash(envelope),
         payload_type=payload_type,
@@ -202,28 +212,34 @@ class IssuerLog:
         reached its switch time, or a key's window ended): partners check the window of the
         key on every checkpoint they receive, so the head must never be left signed only by
         a key that has retired. Returns whether a new note was stored."""
-        admin = self.node.admin
         async with self.node.engine.begin() as conn:
-            # Compare public keys first: private keys are loaded (and decrypted) only when
-            # the head really needs a new signature.
-            keys = await self.node.checkpoint_keys(conn)
-            row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
-            wanted = {ed25519_key_hint(self.node.origin, k.public_key) for k in keys}
-            held = {s.key_hint for s in parse_note(row.checkpoint).signatures}
-            if not keys or held == wanted:
-                return False
-            signers = await self.node.checkpoint_signers(conn)
-            # Take the log's write lock, then re-read: an append may have moved the head.
-            await conn.execute(
-                update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)
-            )
-            row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
-            note = sign_head(
-                Checkpoint(origin=self.node.origin, size=int(row.size), root_hash=bytes(row.root)),
-                self.node.origin,
-                signers,
-            )
-            await conn.execute(update(logs).where(logs.c.code == admin).values(checkpoint=note))
+            return await self.resign_head_in(conn)
+
+    async def resign_head_in(self, conn: AsyncConnection) -> bool:
+        """:meth:`resign_head` in the caller's transaction (a revocation re-signs the head in
+        the transaction that publishes it, so no partner ever sees the head signed only by
+        the key just revoked)."""
+        admin = self.node.admin
+        # Compare public keys first: private keys are loaded (and decrypted) only when
+        # the head really needs a new signature.
+        keys = await self.node.checkpoint_keys(conn)
+        row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
+        wanted = {ed25519_key_hint(self.node.origin, k.public_key) for k in keys}
+        held = {s.key_hint for s in parse_note(row.checkpoint).signatures}
+        if not keys or held == wanted:
+            return False
+        signers = await self.node.checkpoint_signers(conn)
+        # Take the log's write lock, then re-read: an append may have moved the head.
+        await conn.execute(
+            update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)
+        )
+        row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
+        note = sign_head(
+            Checkpoint(origin=self.node.origin, size=int(row.size), root_hash=bytes(row.root)),
+            self.node.origin,
+            signers,
+        )
+        await conn.execute(update(logs).where(logs.c.code == admin).values(checkpoint=note))
         return True
 
     async def append(

@@ -179,21 +179,21 @@ def _retire_ended(statement: TrustStatement, size: int, moment: dt.datetime) -> 
     return replace(statement, signing_keys=keys)
 
 
-def _drop_switched_ca(node: Node, statement: TrustStatement) -> TrustStatement:
-    """After a TLS switch, promote ``tls/next`` to ``tls/`` and publish only the new CA."""
-    if node.tls_switch_at() is None or node.tls_dir() != node.paths.tls_next:
-        return statement
-    _promote_tls(node)
-    return replace(statement, tls_ca_pem=node.tls_bytes("ca.pem").decode("ascii"))
+def _current_cas(node: Node, statement: TrustStatement) -> TrustStatement:
+    """Publish exactly the CAs on disk: the one in use and a pending one. After a switch,
+    ``tls/next`` is promoted to ``tls/`` first, so the old CA drops out."""
+    if node.tls_switch_at() is not None and node.tls_dir() == node.paths.tls_next:
+        _promote_tls(node)
+    return replace(statement, tls_ca_pem=node.own_ca_pem().decode("ascii"))
 
 
 def _promote_tls(node: Node) -> None:
     """Copy ``tls/next`` over ``tls/`` file by file (each replaced atomically, so a process
     reading meanwhile sees the old or the new file, both valid), then end the schedule."""
     paths = node.paths
-    stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
+    stamp = now_utc().strftime("%Y%m%dT%H%M%S.%fZ")
     retired = paths.tls / f"retired-{stamp}"
-    retired.mkdir(mode=0o700)
+    retired.mkdir(mode=0o700, exist_ok=True)
     for name in TLS_FILES:
         for suffix in (".pem", ".key"):
             current = paths.tls_file(name + suffix)
@@ -241,7 +241,7 @@ async def publish_statement(
 async def _housekept(node: Node, conn: AsyncConnection) -> TrustStatement:
     statement = await node.trust_statement(conn)
     size = await _log_size(conn, node.admin)
-    return _drop_switched_ca(node, _retire_ended(statement, size, now_utc()))
+    return _current_cas(node, _retire_ended(statement, size, now_utc()))
 
 
 async def renew(node: Node, *, days: int | None = None, actor: str = "cli") -> TrustStatement:
@@ -315,8 +315,11 @@ async def rotate_root(node: Node, *, actor: str = "cli") -> TrustStatement:
             root=new_root,
             extra_root_signers=[old_root],
         )
-    # Only after the statement is stored does the new root replace the old one on disk.
-    os.replace(node.paths.root_key, node.paths.keys / f"root-retired-{old_root.key_id}.key")
+    # Only after the statement is stored does the new root replace the old one on disk: keep
+    # the old file under another name first, then swap atomically, so root.key always exists.
+    retired = node.paths.keys / f"root-retired-{old_root.key_id}.key"
+    if not retired.exists():
+        os.link(node.paths.root_key, retired)
     os.replace(staged, node.paths.root_key)
     return result
 
@@ -325,19 +328,30 @@ async def rotate_tls(
     node: Node, *, overlap: dt.timedelta | None = None, actor: str = "cli"
 ) -> TrustStatement:
     overlap = _overlap(node, overlap)
+    # Partners can fetch the statement naming the new CA only over TLS with the old one: give
+    # them at least two refreshes before we switch (see ADR 0007 for one offline longer).
+    least = dt.timedelta(seconds=2 * node.config.trust.refresh_interval_s)
+    if overlap < least:
+        raise KeyCommandError(
+            f"--overlap {overlap.total_seconds():g}s: a TLS rotation needs at least two "
+            f"trust refresh intervals ({least.total_seconds():g}s) so partners learn the new CA "
+            "before the switch"
+        )
     node.root_signer()
     if node.tls_switch_at() is not None and node.tls_dir() != node.paths.tls_next:
         raise KeyCommandError("a TLS rotation is already pending; wait for its switch time")
+    next_dir = node.paths.tls_next
     moment = now_utc()
-    async with node.engine.begin() as conn:
-        statement = await _housekept(node, conn)
-        next_dir = node.paths.tls_next
-        next_dir.mkdir(mode=0o700)
-        try:
+    switch = moment + overlap
+    try:
+        async with node.engine.begin() as conn:
+            statement = await _housekept(node, conn)  # promotes a finished rotation first
+            if next_dir.exists():  # a leftover of an attempt that never committed
+                shutil.rmtree(next_dir)
+            next_dir.mkdir(mode=0o700)
             ca_pem = _make_tls(node, next_dir, moment)
             statement = replace(statement, tls_ca_pem=ca_pem + statement.tls_ca_pem)
             tls_ca_certificates(statement.tls_ca_pem)
-            switch = moment + overlap
             result = await publish_statement(
                 node,
                 conn,
@@ -351,13 +365,15 @@ async def rotate_tls(
                     "switch_at": _iso(switch),
                 },
             )
-            # The schedule file goes last: until it exists no process looks at tls/next.
-            staged = next_dir / ".switch-at.new"
-            staged.write_text(f"{switch.timestamp():.3f}\n", encoding="ascii")
-            os.replace(staged, node.paths.tls_switch)
-        except BaseException:
-            shutil.rmtree(next_dir, ignore_errors=True)
-            raise
+    except BaseException:
+        shutil.rmtree(next_dir, ignore_errors=True)
+        raise
+    # Only once the statement listing the new CA is committed does the switch get scheduled:
+    # until this file exists no process looks at tls/next (a crash here leaves the node on
+    # its old, still published CA).
+    staged = next_dir / ".switch-at.new"
+    staged.write_text(f"{switch.timestamp():.3f}\n", encoding="ascii")
+    os.replace(staged, node.paths.tls_switch)
     return result
 
 
@@ -448,19 +464,46 @@ async def revoke(
             )
             .values(sig_state="revoked")
         )
+        # In the same transaction: partners must never see our head signed only by a key
+        # revoked below its size.
+        await IssuerLog(node).resign_head_in(conn)
     return result
 
 
 async def republish(node: Node, *, actor: str = "cli") -> int:
     """Re-sign, with a valid key, the records of our entries a revocation made unusable; they
     are appended as new entries (fresh salt) and the revoked ones stay in the log as history.
-    Returns how many records were re-published."""
-    async with node.engine.begin() as conn:
+
+    Idempotent and safe to re-run after a crash: each new entry's digest names the revoked
+    entry it re-signs. A revoked entry whose authorisation has a later usable entry is
+    skipped (re-appending it would bring an outdated status back). Returns how many records
+    were re-published."""
+    later = records.alias("later")
+    later_entry = entries.alias("later_entry")
+    superseded = (
+        select(later.c.idx)
+        .select_from(
+            later.join(
+                later_entry,
+                (later_entry.c.log == later.c.log) & (later_entry.c.idx == later.c.idx),
+            )
+        )
+        .where(
+            later.c.log == records.c.log,
+            later.c.issuer == records.c.issuer,
+            later.c.authorisation == records.c.authorisation,
+            later.c.aeo_type == records.c.aeo_type,
+            later.c.idx > records.c.idx,
+            later_entry.c.sig_state == "valid",
+        )
+        .exists()
+    )
+    async with node.engine.connect() as conn:
         rows = (
             await conn.execute(
                 select(entries.c.idx, records.c.disclosed_to)
                 .select_from(
-                    entries.outerjoin(
+                    entries.join(
                         records,
                         (records.c.log == entries.c.log) & (records.c.idx == entries.c.idx),
                     )
@@ -468,7 +511,7 @@ async def republish(node: Node, *, actor: str = "cli") -> int:
                 .where(
                     entries.c.log == node.admin,
                     entries.c.sig_state == "revoked",
-                    entries.c.content_digest.is_not(None),
+                    ~superseded,
                 )
                 .order_by(entries.c.idx)
             )
@@ -476,31 +519,31 @@ async def republish(node: Node, *, actor: str = "cli") -> int:
         if not rows:
             return 0
         decoded = await decode_own(conn, node.admin, [int(r.idx) for r in rows])
-        # The revoked entries no longer count for idempotent publishing, so the same record
-        # can be appended again.
-        await conn.execute(
-            update(entries)
-            .where(entries.c.log == node.admin, entries.c.idx.in_([int(r.idx) for r in rows]))
-            .values(content_digest=None)
-        )
         recogniser = await active_recogniser(conn)
         checkpoint_signers = await node.checkpoint_signers(conn)
         _, entry_signer = await node.active_signers(conn)
     prepared = [
-        prepare(decoded[int(r.idx)], entry_signer, disclosed_to=r.disclosed_to)
+        prepare(
+            decoded[int(r.idx)],
+            entry_signer,
+            disclosed_to=r.disclosed_to,
+            republished_from=int(r.idx),
+        )
         for r in rows
         if int(r.idx) in decoded
     ]
     log = IssuerLog(node)
+    appended = 0
     for start in range(0, len(prepared), node.config.limits.publish_chunk):
-        await log.append(
+        result = await log.append(
             prepared[start : start + node.config.limits.publish_chunk],
             recogniser=recogniser,
             day=node.config.today(),
             checkpoint_signers=checkpoint_signers,
             actor=actor,
         )
-    return len(prepared)
+        appended += result.appended
+    return appended
 
 
 def trust_expiry(node: Node, statement: TrustStatement) -> dict[str, str]:

@@ -374,6 +374,13 @@ class Node:
         """An unencrypted PEM of a TLS key, for gRPC (held in memory only, never written)."""
         return load_private_key(self.tls_dir() / f"{name}.key", self.passphrase).to_pem()
 
+    def tls_pair(self, name: str) -> tuple[bytes, bytes]:
+        """(unencrypted key PEM, certificate PEM) of ``name``, both read from one directory,
+        so a TLS switch between the two reads cannot mismatch them."""
+        folder = self.tls_dir()
+        key = load_private_key(folder / f"{name}.key", self.passphrase).to_pem()
+        return key, (folder / f"{name}.pem").read_bytes()
+
     def ca_certificate(self) -> Any:
         return load_certificate(self.tls_bytes("ca.pem"))
 

@@ -441,6 +441,10 @@ class Replicator:
                 await self.refresh_trust(transport)
             except grpc.aio.AioRpcError as error:
                 log.info("trust refresh from %s failed: %s", self.code, error.code().name)
+            except Exception:
+                # A local fault (database busy, a removal race): keep following the stream,
+                # the next tick tries again.
+                log.exception("trust refresh from %s failed", self.code)
 
     async def _follow(self, transport: Transport, from_index: int) -> None:
         async for batch in transport.subscribe(from_index):

@@ -81,6 +81,11 @@ def channel_options(limits: LimitsSection, server_code: str) -> list[ChannelOpti
         ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Each channel gets its own connections. With gRPC's process-wide subchannel pool a
+        # new channel to the same address may reuse a connection made with credentials we
+        # have since replaced (a TLS rotation), and present a certificate the partner no
+        # longer trusts.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
@@ -96,7 +101,7 @@ class _PartnerCertificateFetcher:
     def _identity(self, directory: Path) -> tuple[bytes, bytes]:
         # Re-read only when a TLS rotation switched directories (the key is decrypted once).
         if self._pair is None or self._pair[0] != directory:
-            pair = (self._node.tls_private_key_pem("node"), self._node.tls_bytes("node.pem"))
+            pair = self._node.tls_pair("node")
             self._pair = (directory, pair)
         return self._pair[1]
 
@@ -151,7 +156,7 @@ class _AdminCertificateFetcher:
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         node = self._node
         return grpc.ssl_server_certificate_configuration(
-            [(node.tls_private_key_pem("node"), node.tls_bytes("node.pem"))],
+            [node.tls_pair("node")],
             root_certificates=node.own_ca_pem(),
         )
 
@@ -216,12 +221,13 @@ def partner_channel(
 ) -> grpc.aio.Channel:
     """A channel to a partner's gateway at ``endpoint``, as this node (``tls/node.pem``)."""
     root = partner_ca_pem.encode("ascii") if isinstance(partner_ca_pem, str) else partner_ca_pem
+    key_pem, cert_pem = node.tls_pair("node")
     return mtls_channel(
         endpoint,
         server_code=partner_code,
         root_pem=root,
-        key_pem=node.tls_private_key_pem("node"),
-        cert_pem=node.tls_bytes("node.pem"),
+        key_pem=key_pem,
+        cert_pem=cert_pem,
         limits=node.config.limits,
         options=options,
     )
@@ -238,12 +244,13 @@ def local_channel(
 
     ``client`` names the certificate pair under ``tls/`` to present (``admin`` by default).
     """
+    key_pem, cert_pem = node.tls_pair(client)
     return mtls_channel(
         target,
         server_code=node.admin,
         root_pem=node.own_ca_pem(),
-        key_pem=node.tls_private_key_pem(client),
-        cert_pem=node.tls_bytes(f"{client}.pem"),
+        key_pem=key_pem,
+        cert_pem=cert_pem,
         limits=node.config.limits,
         options=options,
     )
