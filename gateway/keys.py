@@ -52,8 +52,11 @@ from gateway.issuer_log import IssuerLog, prepare
 from gateway.node import Node, make_tls_material, now_utc
 from gateway.storage.schema import entries, logs, node_state, records, trust_statements
 from gateway.trust import (
+    MAX_BUNDLE_BYTES,
+    MAX_SIGNING_KEYS,
     SigningKey,
     TrustStatement,
+    bundle_bytes,
     expiry_state,
     sign_statement,
     tls_ca_certificates,
@@ -220,8 +223,20 @@ async def publish_statement(
     """Store ``statement`` as the next version, signed by the root (and any extra root)."""
     current = await node.trust_statement(conn)
     statement = replace(statement, version=current.version + 1, issued=now_utc())
+    if len(statement.signing_keys) > MAX_SIGNING_KEYS:
+        raise KeyCommandError(
+            f"the statement would list {len(statement.signing_keys)} signing keys, more than "
+            f"the {MAX_SIGNING_KEYS} partners accept"
+        )
     signer = root or node.root_signer()
     envelope = sign_statement(statement, [signer, *extra_root_signers])
+    chain = [*await node.trust_chain(conn), envelope]
+    if len(bundle_bytes(chain)) > MAX_BUNDLE_BYTES:
+        raise KeyCommandError(
+            f"the partner bundle would exceed {MAX_BUNDLE_BYTES} bytes; partners would refuse it"
+        )
+    # What partners will parse must parse: refuse here rather than strand them.
+    TrustStatement.from_payload(envelope.payload)
     await conn.execute(
         trust_statements.insert().values(
             version=statement.version,

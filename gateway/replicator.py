@@ -361,13 +361,21 @@ class Replicator:
                     log.info(
                         "accepted trust statement version %d of %s", accepted.version, self.code
                     )
-                    # A revocation takes effect now, not at the partner's next append.
+                    # A revocation takes effect now, not at the partner's next append; entries
+                    # judged early (a key before its window) are judged again under it.
                     async with self.node.engine.begin() as conn:
                         revoked = await apply_revocations(conn, self.code, accepted)
+                        await conn.execute(
+                            update(entries)
+                            .where(entries.c.log == self.code, entries.c.sig_state == "early")
+                            .values(sig_state="unverified")
+                        )
                     if revoked and self.on_applied is not None:
                         self.on_applied()
             row = await self._partner()
         self._trust_checked_at = asked_at
+        if raw and row is not None:
+            await self.verify_pending(self._statement_for(row))
         return row
 
     def check_expiry(self, statement: TrustStatement) -> None:

@@ -16,6 +16,7 @@ from gateway.storage.schema import entries, logs, partners
 from gateway.trust import TrustStatement, expiry_state
 from gateway.witness import open_alerts, witness_counts
 
+UNUSABLE = ("revoked", "early", "invalid")
 # partner code -> connected now (only a running gateway knows; the CLI alone says False)
 Connectivity = Callable[[str], bool]
 # partner code -> why trust holds its replication back (only a running gateway knows)
@@ -78,11 +79,15 @@ async def node_status(
             )
         ).all()
         counted = await conn.execute(
-            select(entries.c.log, func.count())
-            .where(entries.c.sig_state == "unverified")
-            .group_by(entries.c.log)
+            select(entries.c.log, entries.c.sig_state, func.count())
+            .where(entries.c.sig_state.in_(["unverified", *UNUSABLE]))
+            .group_by(entries.c.log, entries.c.sig_state)
         )
-        pending = {str(log): int(count) for log, count in counted}
+        pending: dict[str, int] = {}
+        unusable: dict[str, int] = {}
+        for log, state, count in counted:
+            into = pending if state == "unverified" else unusable
+            into[str(log)] = into.get(str(log), 0) + int(count)
         # Distinct partners that cosigned the latest checkpoint we hold of each log.
         witnesses = await witness_counts(conn)
         alerts = await open_alerts(conn)
@@ -107,6 +112,8 @@ async def node_status(
                 # Entries stored but not yet signature-checked and indexed (not yet usable).
                 "unverified": int(pending.get(r.code, 0)),
                 "witnesses": witnesses.get(r.code, 0),
+                # Entries never used in answers: revoked, early or invalid.
+                "unusable": int(unusable.get(r.code, 0)),
                 "trust": _partner_trust(node, r),
                 "trust_problem": trust_problem(r.code) if trust_problem is not None else None,
             }

@@ -44,7 +44,11 @@ from gateway.errors import CheckFailedError, InputError
 STATEMENT_TYPE = "application/vnd.mra.trust-statement.v1+json"
 STATEMENT_SCHEMA = "mra-gateway/trust-statement/v1"
 BUNDLE_SCHEMA = "mra-gateway/partner-bundle/v1"
-MAX_BUNDLE_BYTES = 1024 * 1024
+# A statement is a few kB; with a rotation or renewal a month a chain stays far below this
+# for decades. Writers check it (and the key cap) before storing, so no node can make a
+# statement or chain its partners would refuse.
+MAX_BUNDLE_BYTES = 8 * 1024 * 1024
+MAX_SIGNING_KEYS = 64
 MAX_CHAIN_LENGTH = 1000
 
 
@@ -246,8 +250,10 @@ class TrustStatement:
             raise TrustError("trust statement $.root_key.key_id does not match the key")
         tls_ca_certificates(doc["tls_ca"], "$.tls_ca")
         keys_doc = doc["signing_keys"]
-        if not isinstance(keys_doc, list) or len(keys_doc) > 64:
-            raise TrustError("trust statement $.signing_keys: must be a list of at most 64 keys")
+        if not isinstance(keys_doc, list) or len(keys_doc) > MAX_SIGNING_KEYS:
+            raise TrustError(
+                f"trust statement $.signing_keys: must be a list of at most {MAX_SIGNING_KEYS} keys"
+            )
         keys = tuple(
             SigningKey.from_document(k, f"$.signing_keys[{i}]") for i, k in enumerate(keys_doc)
         )

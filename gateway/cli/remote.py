@@ -137,6 +137,7 @@ async def running_status(node: Node, target: str | None) -> dict[str, Any] | Non
                 "reason": p.reason if p.HasField("reason") else None,
                 "unverified": p.unverified,
                 "witnesses": p.witnesses,
+                "unusable": p.unusable,
                 "trust": _trust(p.trust) if p.HasField("trust") else None,
                 "trust_problem": p.trust_problem if p.HasField("trust_problem") else None,
             }

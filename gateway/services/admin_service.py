@@ -278,6 +278,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 suspended=p["suspended"],
                 unverified=p.get("unverified", 0),
                 witnesses=p.get("witnesses", 0),
+                unusable=p.get("unusable", 0),
             )
             if p.get("trust") is not None:
                 item.trust.CopyFrom(admin_pb2.TrustState(**p["trust"]))

@@ -633,6 +633,7 @@ class PartnerStatus(_message.Message):
     WITNESSES_FIELD_NUMBER: _builtins.int
     TRUST_FIELD_NUMBER: _builtins.int
     TRUST_PROBLEM_FIELD_NUMBER: _builtins.int
+    UNUSABLE_FIELD_NUMBER: _builtins.int
     admin: _builtins.str
     """The partner's administration code."""
     connected: _builtins.bool
@@ -659,6 +660,10 @@ class PartnerStatus(_message.Message):
     """Why replication from the partner is held back by trust (a refused statement update, an
     expired statement, a key outside its window); absent (JSON null) when nothing is wrong.
     """
+    unusable: _builtins.int
+    """Entries of the partner's log this node will not use: revoked (signed by a key revoked
+    from an earlier index), early (signed before the key's window) or invalid.
+    """
     @_builtins.property
     def trust(self) -> Global___TrustState:
         """The partner's newest trust statement held here, against its expiry."""
@@ -678,10 +683,11 @@ class PartnerStatus(_message.Message):
         witnesses: _builtins.int = ...,
         trust: Global___TrustState | None = ...,
         trust_problem: _builtins.str | None = ...,
+        unusable: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "checkpoint_age_s", b"checkpoint_age_s", "reason", b"reason", "trust", b"trust", "trust_problem", b"trust_problem"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size", "trust", b"trust", "trust_problem", b"trust_problem", "unverified", b"unverified", "witnesses", b"witnesses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size", "trust", b"trust", "trust_problem", b"trust_problem", "unusable", b"unusable", "unverified", b"unverified", "witnesses", b"witnesses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__checkpoint_age_s: _TypeAlias = _typing.Literal["checkpoint_age_s"]  # noqa: Y015
     _WhichOneofArgType__checkpoint_age_s: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s"]  # noqa: Y015

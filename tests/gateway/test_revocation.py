@@ -102,6 +102,8 @@ async def test_a_compromised_key_is_revoked_from_an_earlier_index_and_records_re
             )
         assert {i for i, s in by_index.items() if s == "revoked"} == {i for i in by_index if i >= 8}
         assert not (await partner_row(jp, "EU")).quarantined
+        (eu_status,) = (await cluster.gateways["JP"].status())["partners"]
+        assert eu_status["unusable"] == len([i for i in by_index if i >= 8])
         answer = await cluster.gateways["JP"].checker.check(
             Question(operator_id=operator(10), issuer="EU")
         )

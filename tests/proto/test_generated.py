@@ -216,6 +216,7 @@ def test_check_response_mirrors_the_json_contract() -> None:
         "witnesses",
         "trust",
         "trust_problem",
+        "unusable",
     }
     # JSON null: absent operator, absent arrangement, absent checkpoint age.
     answer = query_pb2.CheckResponse(issuer="DE", at="2026-11-27")
