@@ -794,7 +794,13 @@ def verify_evidence(
         verify_inclusion(leaf, bundle.index, cp.size, list(bundle.proof), cp.root_hash)
     except VerificationError as error:
         raise EvidenceError(INCLUSION, str(error)) from error
-    # 6. Witnesses.
+    # 6. Witnesses. The issuer vouching for its own log witnesses nothing.
+    for w in bundle.witnesses:
+        if w.admin == statement.admin:
+            raise EvidenceError(
+                f"{COSIGNATURE} of {w.admin}",
+                f"{w.admin} issued the log; it cannot also be a witness of it",
+            )
     witnesses = tuple(_witness(w, anchors, moment, bundle.checkpoint) for w in bundle.witnesses)
     listed = {statement.log_origin} | {witness_name(w.admin) for w in bundle.witnesses}
     ignored = tuple(dict.fromkeys(s.name for s in parsed_note.signatures if s.name not in listed))

@@ -440,6 +440,11 @@ def swap_issuer_chain(doc: dict[str, Any], _: Genuine) -> None:
     doc["issuer_chain"] = jp["chain"]
 
 
+def issuer_as_witness(doc: dict[str, Any], _: Genuine) -> None:
+    """The issuer listed as a witness of its own log (with its own genuine chain)."""
+    doc["witnesses"].append({"admin": "EU", "chain": doc["issuer_chain"]})
+
+
 def swap_witness_chain(doc: dict[str, Any], _: Genuine) -> None:
     """US's entry carrying JP's chain."""
     jp = next(w for w in doc["witnesses"] if w["admin"] == "JP")
@@ -522,6 +527,7 @@ EDITS = [
     pytest.param(cosign_with_another_key, f"{COSIGNATURE} of US", id="cosigned-by-another-key"),
     pytest.param(swap_issuer_chain, ISSUER_CHAIN, id="swapped-issuer-chain"),
     pytest.param(swap_witness_chain, f"{COSIGNATURE} of US", id="swapped-witness-chain"),
+    pytest.param(issuer_as_witness, f"{COSIGNATURE} of EU", id="issuer-as-its-own-witness"),
     pytest.param(
         lambda d, _: d["issuer_chain"][0]["signatures"].clear(),
         FORMAT,
@@ -594,3 +600,11 @@ def test_an_oversized_file_is_rejected_before_parsing(genuine: Genuine) -> None:
 def test_a_malformed_anchor_is_a_usage_error(genuine: Genuine) -> None:
     with pytest.raises(InputError, match="64 lowercase hex"):
         verify_evidence(genuine.data, ["not-a-fingerprint"])
+
+
+def test_the_issuer_is_not_accepted_as_a_witness_of_its_own_log(genuine: Genuine) -> None:
+    doc = json.loads(genuine.data)
+    issuer_as_witness(doc, genuine)
+    data = json.dumps(doc, indent=2, ensure_ascii=False).encode()
+    with pytest.raises(EvidenceError, match="it cannot also be a witness of it"):
+        verify_evidence(data, genuine.roots.all)
