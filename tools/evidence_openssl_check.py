@@ -526,6 +526,8 @@ def check(ssl: OpenSSL, bundle: dict[str, Any], anchors: set[str]) -> list[str]:
     for witness in bundle["witnesses"]:
         admin = witness["admin"]
         what = f"cosignature of {admin}"
+        if admin == log:
+            raise fail(what, f"{admin} issued the log; it cannot also be a witness of it")
         found = verify_chain(ssl, witness["chain"], anchors, admin, what)
         if found is None:
             proven.append(f"witness: {admin} unverified (root not trusted)")
