@@ -27,6 +27,7 @@ from gateway.node import Node, now_utc
 from gateway.storage.schema import logs, node_state, partners
 from gateway.storage.tiles import create_empty_log
 from gateway.trust import (
+    MAX_BUNDLE_BYTES,
     TrustError,
     TrustStatement,
     bundle_bytes,
@@ -204,9 +205,14 @@ async def accept_statements(
             held, row.root_fingerprint, now=now_utc(), admin=code, check_expiry=False
         )
         newest = verify_update(current, newer)
+        bundle = bundle_bytes([*held, *newer])
+        if len(bundle) > MAX_BUNDLE_BYTES:
+            raise TrustError(
+                f"{code}'s trust chain would exceed {MAX_BUNDLE_BYTES} bytes; not stored"
+            )
         values: dict[str, Any] = {
             "trust_version": newest.version,
-            "bundle": bundle_bytes([*held, *newer]),
+            "bundle": bundle,
             "ca_pem": newest.tls_ca_pem,
             "updated_at": time.time(),
         }

@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 
 from crypto.envelope import envelope_from_json
 from crypto.errors import CryptoError, VerificationError
+from gateway.audit import record_action
 from gateway.datasets import active_recogniser
 from gateway.errors import GatewayError
 from gateway.exchange import Batch, LogItem
@@ -350,6 +351,15 @@ class Replicator:
                     raise TrustError(f"statement served by {self.code}: {error}") from error
                 accepted = await accept_statements(self.node, self.code, newer)
             except TrustError as error:
+                if self.status.trust_rejected != str(error):
+                    # Audited once per distinct refusal, not at every refresh.
+                    async with self.node.engine.begin() as conn:
+                        await record_action(
+                            conn,
+                            "replicator",
+                            "partner.trust-update-refused",
+                            {"partner": self.code, "problem": str(error)[:2000]},
+                        )
                 self.status.trust_rejected = str(error)
                 self.status.faults["trust_update_rejected"] = (
                     self.status.faults.get("trust_update_rejected", 0) + 1

@@ -228,6 +228,13 @@ async def test_a_bad_statement_update_is_refused_and_the_held_one_kept(
                 )
             ).scalar_one()
         assert updates == 0
+        async with jp.engine.connect() as conn:
+            refusals = (
+                await conn.execute(
+                    select(func.count()).where(audit.c.action == "partner.trust-update-refused")
+                )
+            ).scalar_one()
+        assert refusals == 1  # once, however often the partner offers it again
         # Replication itself goes on under the held statement.
         await cluster.publish("EU", bulk_records(2))
         await cluster.wait_replicated("JP", "EU", 2)
