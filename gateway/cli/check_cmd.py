@@ -17,6 +17,15 @@ import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text
 
+# Shared by `check` and `evidence` (the same question).
+AtOption = Annotated[
+    str | None,
+    typer.Option("--at", help="The date, YYYY-MM-DD (default: today in the node's time zone)."),
+]
+ModeOption = Annotated[
+    str | None, typer.Option("--mode", help="Transport mode: road, air, sea or rail.")
+]
+
 
 def register(app: typer.Typer) -> None:
     """Add ``check`` to the root ``mragw`` app."""
@@ -187,13 +196,8 @@ def check(
     type_: Annotated[
         str | None, typer.Option("--type", help="Only this programme type (default: every type).")
     ] = None,
-    at: Annotated[
-        str | None,
-        typer.Option("--at", help="The date, YYYY-MM-DD (default: today in the node's time zone)."),
-    ] = None,
-    mode: Annotated[
-        str | None, typer.Option("--mode", help="Transport mode: road, air, sea or rail.")
-    ] = None,
+    at: AtOption = None,
+    mode: ModeOption = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Never use a signature date for an effective date.")
     ] = False,

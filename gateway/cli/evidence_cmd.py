@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gateway.cli.check_cmd import AtOption, ModeOption
 from gateway.cli.conventions import ExitCode, command, emit_json, emit_text, say
 
 if TYPE_CHECKING:
@@ -38,13 +39,8 @@ def evidence(
     ],
     issuer: Annotated[str, typer.Option("--issuer", help="The issuing administration.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the bundle (JSON).")],
-    at: Annotated[
-        str | None,
-        typer.Option("--at", help="The date, YYYY-MM-DD (default: today in the node's time zone)."),
-    ] = None,
-    mode: Annotated[
-        str | None, typer.Option("--mode", help="Transport mode: road, air, sea or rail.")
-    ] = None,
+    at: AtOption = None,
+    mode: ModeOption = None,
     scheme: Annotated[
         str | None,
         typer.Option("--scheme", help="Scheme of --operator: EORI, MID, TIN, NATIONAL or AUTH."),

@@ -10,30 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner, Result
 
 from crypto.checkpoint import parse_note
 from crypto.merkle import leaf_hash, verify_inclusion
 from gateway.cli.check_cmd import register
+from tests.cli.support import app_with
 from tests.gateway.conftest import db_url  # noqa: F401 - the SQLite/PostgreSQL fixture
 from tests.gateway.test_query import A_EORI, build_world
 
 runner = CliRunner()
 
 
-def make_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def root() -> None:
-        """mragw (test root)."""
-
-    register(app)
-    return app
-
-
-APP = make_app()
+APP = app_with(register)
 
 
 @pytest.fixture

@@ -14,28 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner, Result
 
 from gateway.cli.evidence_cmd import register
+from tests.cli.support import app_with
 from tests.gateway.conftest import db_url  # noqa: F401 - the SQLite/PostgreSQL fixture
 from tests.gateway.test_evidence import AT, DE_AEOF, Roots, jp_answers_from_eu_replica
 
 runner = CliRunner()
 
 
-def make_app() -> typer.Typer:
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def root() -> None:
-        """mragw (test root)."""
-
-    register(app)
-    return app
-
-
-APP = make_app()
+APP = app_with(register)
 
 
 @dataclass(frozen=True)
