@@ -12,6 +12,7 @@ from crypto.envelope import Envelope, envelope_from_json, envelope_to_json, sign
 from crypto.keys import PrivateKeySigner, Scheme
 from crypto.pki import certificate_to_pem, create_ca_certificate, generate_tls_key
 from gateway.trust import (
+    MAX_BUNDLE_BYTES,
     STATEMENT_TYPE,
     BundleFormatError,
     SigningKey,
@@ -136,7 +137,7 @@ def test_bundle_round_trip_and_malformed_bundles() -> None:
             ).encode(),
             "statements[0]",
         ),
-        (b" " * (1024 * 1024 + 1), "larger than"),
+        (b" " * (MAX_BUNDLE_BYTES + 1), "larger than"),
     ]:
         with pytest.raises(BundleFormatError, match=needle.replace("[", r"\[").replace("]", r"\]")):
             parse_bundle(bad)
