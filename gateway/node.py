@@ -17,6 +17,7 @@ what partners verify and what the node signs with never diverge.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -373,6 +374,12 @@ class Node:
     def tls_private_key_pem(self, name: str) -> bytes:
         """An unencrypted PEM of a TLS key, for gRPC (held in memory only, never written)."""
         return load_private_key(self.tls_dir() / f"{name}.key", self.passphrase).to_pem()
+
+    def tls_identity(self) -> bytes:
+        """A digest of the certificate this node presents now: it changes at a TLS switch and
+        stays changed after ``tls/next`` is promoted, so a connection made with an older
+        certificate can always tell (comparing directories cannot, once promoted)."""
+        return hashlib.sha256(self.tls_bytes("node.pem")).digest()
 
     def tls_pair(self, name: str) -> tuple[bytes, bytes]:
         """(unencrypted key PEM, certificate PEM) of ``name``, both read from one directory,

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -422,13 +421,13 @@ class Replicator:
         return row
 
     async def _follow_while_current(
-        self, transport: Transport, from_index: int, tls_dir: Path
+        self, transport: Transport, from_index: int, tls_identity: bytes
     ) -> None:
         """Follow the stream until it ends, or until our own TLS material switched (a TLS
         rotation): the connection was made with the old certificate, which the partner stops
         trusting once the old CA is retired, so reconnect with the new one."""
         follow = asyncio.create_task(self._follow(transport, from_index))
-        watch = asyncio.create_task(self._refresh_loop(transport, tls_dir))
+        watch = asyncio.create_task(self._refresh_loop(transport, tls_identity))
         try:
             await asyncio.wait({follow, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -442,14 +441,14 @@ class Replicator:
         if watch.done() and not watch.cancelled():
             watch.result()
 
-    async def _refresh_loop(self, transport: Transport, tls_dir: Path) -> None:
+    async def _refresh_loop(self, transport: Transport, tls_identity: bytes) -> None:
         """A quiet log sends only heartbeats: refresh the statement on its own schedule, so a
         rotation or revocation is learnt within the interval. Returns when our TLS material
         switched."""
         interval = self.node.config.trust.refresh_interval_s
         tick = min(interval, 1.0)
         waited = 0.0
-        while self.node.tls_dir() == tls_dir:
+        while self.node.tls_identity() == tls_identity:
             await asyncio.sleep(tick)
             waited += tick
             if waited < interval:
@@ -489,7 +488,7 @@ class Replicator:
             try:
                 # Read before the channel is made: if a TLS switch happens meanwhile, the
                 # watcher sees a change and reconnects (never the other way round).
-                tls_dir = self.node.tls_dir()
+                tls_identity = self.node.tls_identity()
                 async with self.open_transport(row) as transport:
                     # A newer statement first: it may renew an expired one or add a key
                     # that entries stored before a crash were signed with.
@@ -503,7 +502,7 @@ class Replicator:
                         state = await load_state(conn, self.code)
                     # A quiet log sends only heartbeats: refresh the statement on its own
                     # schedule, so a rotation or revocation is learnt within the interval.
-                    await self._follow_while_current(transport, state.size, tls_dir)
+                    await self._follow_while_current(transport, state.size, tls_identity)
             except PartnerQuarantinedError as error:
                 self.status.connected = False
                 self.status.faults["invalid_entry"] = self.status.faults.get("invalid_entry", 0) + 1

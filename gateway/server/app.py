@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import logging
 import os
 import signal
@@ -142,7 +143,7 @@ class GatewayServer:
         self._query = query
         self._admin = admin
         self._status = status
-        self._own_cas_cache: tuple[tuple[float | None, Any], list[Any]] | None = None
+        self._own_cas_cache: tuple[bytes, list[Any]] | None = None
         self._background_factories = dict(background or {})
         self._roles = roles
         self._close_node = close_node
@@ -337,7 +338,7 @@ class GatewayServer:
 
     def _own_cas(self) -> list[Any]:
         """Our CA certificates, re-read when a TLS rotation adds or retires one."""
-        key = (self.node.tls_switch_at(), self.node.tls_dir())
+        key = hashlib.sha256(self.node.own_ca_pem()).digest()
         if self._own_cas_cache is None or self._own_cas_cache[0] != key:
             self._own_cas_cache = (key, self.node.own_ca_certificates())
         return self._own_cas_cache[1]

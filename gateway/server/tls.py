@@ -29,9 +29,9 @@ from :meth:`Node.tls_private_key_pem` (decrypted in memory, never written).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -95,36 +95,35 @@ class _PartnerCertificateFetcher:
     def __init__(self, store: PinnedPartnerStore, node: Node) -> None:
         self._store = store
         self._node = node
-        self._served: tuple[int, Path] = (-1, Path())
-        self._pair: tuple[Path, tuple[bytes, bytes]] | None = None
-
-    def _identity(self, directory: Path) -> tuple[bytes, bytes]:
-        # Re-read only when a TLS rotation switched directories (the key is decrypted once).
-        if self._pair is None or self._pair[0] != directory:
-            pair = self._node.tls_pair("node")
-            self._pair = (directory, pair)
-        return self._pair[1]
+        self._served: tuple[int, bytes] = (-1, b"")
 
     def configuration(
-        self, snapshot: PinnedPartners, directory: Path
+        self, snapshot: PinnedPartners, pair: tuple[bytes, bytes]
     ) -> grpc.ServerCertificateConfiguration:
         roots = snapshot.client_ca_pem or self._store.placeholder_ca_pem()
-        return grpc.ssl_server_certificate_configuration(
-            [self._identity(directory)], root_certificates=roots
-        )
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=roots)
+
+    def _current(self) -> tuple[PinnedPartners, tuple[bytes, bytes], tuple[int, bytes]]:
+        snapshot = self._store.current
+        # Keyed by the certificate's content, not its directory: after a TLS switch and the
+        # promotion of tls/next the directory is the same again but the certificate is not.
+        pair = self._node.tls_pair("node")
+        return snapshot, pair, (snapshot.generation, hashlib.sha256(pair[1]).digest())
 
     def initial(self) -> grpc.ServerCertificateConfiguration:
-        snapshot, directory = self._store.current, self._node.tls_dir()
-        self._served = (snapshot.generation, directory)
-        return self.configuration(snapshot, directory)
+        snapshot, pair, state = self._current()
+        self._served = state
+        return self.configuration(snapshot, pair)
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
         try:
-            snapshot, directory = self._store.current, self._node.tls_dir()
-            if (snapshot.generation, directory) == self._served:
+            snapshot = self._store.current
+            identity = self._node.tls_identity()
+            if (snapshot.generation, identity) == self._served:
                 return None
-            config = self.configuration(snapshot, directory)
-            self._served = (snapshot.generation, directory)
+            snapshot, pair, state = self._current()
+            config = self.configuration(snapshot, pair)
+            self._served = state
         except Exception:
             # Raising here would only make gRPC log and keep the old set; say why instead.
             log.exception("building the partner TLS configuration failed; keeping the old one")
@@ -148,10 +147,11 @@ class _AdminCertificateFetcher:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self._served: tuple[float | None, Path] | None = None
+        self._served: tuple[bytes, bytes] | None = None
 
-    def _state(self) -> tuple[float | None, Path]:
-        return (self._node.tls_switch_at(), self._node.tls_dir())
+    def _state(self) -> tuple[bytes, bytes]:
+        # Content, not paths (see _PartnerCertificateFetcher): our certificate and our CAs.
+        return (self._node.tls_identity(), hashlib.sha256(self._node.own_ca_pem()).digest())
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         node = self._node
