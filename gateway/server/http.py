@@ -139,7 +139,17 @@ _PARTNER_COLUMNS = (
     ("suspended", "Suspended"),
     ("quarantined", "Quarantined"),
     ("reason", "Reason"),
+    ("witnesses", "Witnesses"),
+    ("unusable", "Unusable entries"),
+    ("trust_state", "Trust statement"),
+    ("trust_problem", "Trust problem"),
 )
+
+
+def _trust_text(trust: Any) -> str | None:
+    if not isinstance(trust, Mapping):
+        return None
+    return f"v{trust.get('version')} {trust.get('state')} (expires {trust.get('expires')})"
 
 
 def render_status_page(status: Mapping[str, Any]) -> str:
@@ -147,8 +157,14 @@ def render_status_page(status: Mapping[str, Any]) -> str:
     admin = _cell(status.get("admin"))
     rows = []
     for partner in status.get("partners") or []:
-        cells = "".join(f"<td>{_cell(partner.get(key))}</td>" for key, _ in _PARTNER_COLUMNS)
+        values = {**partner, "trust_state": _trust_text(partner.get("trust"))}
+        cells = "".join(f"<td>{_cell(values.get(key))}</td>" for key, _ in _PARTNER_COLUMNS)
         rows.append(f"<tr>{cells}</tr>")
+    alerts = "".join(
+        f"<li>{_cell(a.get('at'))} {_cell(a.get('kind'))} {_cell(a.get('subject'))}: "
+        f"{_cell(a.get('message'))}</li>"
+        for a in status.get("alerts") or []
+    )
     header = "".join(f"<th>{html.escape(title)}</th>" for _, title in _PARTNER_COLUMNS)
     body = "\n".join(rows) or f'<tr><td colspan="{len(_PARTNER_COLUMNS)}">none</td></tr>'
     return (
@@ -158,7 +174,10 @@ def render_status_page(status: Mapping[str, Any]) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #999;padding:.3em .6em;text-align:left}</style></head>\n"
         f"<body><h1>mra-gateway {admin}</h1>\n"
-        f"<p>Own log size: {_cell(status.get('log_size'))}</p>\n"
+        f"<p>Own log size: {_cell(status.get('log_size'))}; witnesses of its latest "
+        f"checkpoint: {_cell(status.get('log_witnesses'))}; our trust statement: "
+        f"{_cell(_trust_text(status.get('trust')))}</p>\n"
+        f"<h2>Alerts</h2>\n<ul>{alerts or '<li>none</li>'}</ul>\n"
         f"<h2>Partners</h2>\n<table><thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n"
         "</tbody></table>\n"
         '<p><a href="/metrics">metrics</a> · <a href="/healthz">health</a></p>\n'

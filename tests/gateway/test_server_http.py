@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.server.http import StatusHttpServer
+from gateway.server.http import StatusHttpServer, render_status_page
 from gateway.server.metrics import GatewayMetrics, Registry
 from tests.gateway.test_server_support import (
     PartnerPki,
@@ -265,3 +265,37 @@ async def test_gateway_metrics_count_a_real_rejection(tmp_path: Path) -> None:
     finally:
         await server.stop(grace=0)
         await node.close()
+
+
+def test_status_page_shows_witnesses_trust_and_alerts_escaped() -> None:
+    page = render_status_page(
+        {
+            "admin": "JP",
+            "log_size": 3,
+            "log_witnesses": 2,
+            "trust": {"version": 4, "state": "renew_soon", "expires": "2026-12-01T00:00:00Z"},
+            "alerts": [
+                {
+                    "at": "2026-11-27T00:00:00Z",
+                    "kind": "split_view",
+                    "subject": "EU",
+                    "message": "EU showed <b>two</b> roots",
+                }
+            ],
+            "partners": [
+                {
+                    "admin": "EU",
+                    "witnesses": 1,
+                    "unusable": 4,
+                    "trust": {"version": 2, "state": "expired", "expires": "2026-11-01T00:00:00Z"},
+                    "trust_problem": "trust_expired: grace ended",
+                }
+            ],
+        }
+    )
+    assert "witnesses of its latest checkpoint: 2" in page
+    assert "v4 renew_soon (expires 2026-12-01T00:00:00Z)" in page
+    assert "split_view EU: EU showed &lt;b&gt;two&lt;/b&gt; roots" in page
+    assert "<td>v2 expired (expires 2026-11-01T00:00:00Z)</td>" in page
+    assert "<td>trust_expired: grace ended</td>" in page
+    assert "<td>4</td>" in page
