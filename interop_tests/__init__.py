@@ -1,0 +1,1 @@
+"""Several administrations as separate hosts (network namespaces) over a real network."""
