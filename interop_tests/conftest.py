@@ -45,3 +45,22 @@ def network(request: pytest.FixtureRequest, tmp_path: Path) -> Generator[Network
         yield net
     finally:
         net.close()
+
+
+_TIMINGS: list[tuple[str, str, object]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the convergence times tests record (``record_property(..._s, value)``)."""
+    if report.when == "call":
+        for name, value in report.user_properties:
+            if name.endswith("_s"):
+                _TIMINGS.append((report.nodeid, name, value))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print them in every run (CI included), not only with ``-s``."""
+    if _TIMINGS:
+        terminalreporter.section("interop convergence times")
+        for nodeid, name, value in _TIMINGS:
+            terminalreporter.write_line(f"{name} = {value} s  ({nodeid})")

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,8 @@ R = TypeVar("R")
 
 MRAGW = str(Path(sys.executable).parent / "mragw")
 PORT = 7443
+# The repository root, so ``python -m interop_tests.X`` runs inside a namespace.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Fast settings for tests, passed to `mragw serve` as config overrides.
 SPEED_ENV: dict[str, str] = {
@@ -412,6 +416,71 @@ class Network:
             )
         self._extra_procs.append(proc)
         return proc
+
+    def spawn_module(
+        self,
+        host: Host,
+        module: str,
+        args: Sequence[str],
+        log: Path,
+        *,
+        ready: str = "listening ",
+        timeout: float = 30.0,
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """``python -m MODULE ARGS`` (a module of this repository) inside ``host``'s namespace,
+        torn down with it. Waits until the process prints a line starting with ``ready`` on
+        stdout and returns the process and the rest of that line; stderr and any further
+        stdout go to ``log``."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", host.ns, sys.executable, "-m", module, *args],
+                stdout=subprocess.PIPE,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        self._extra_procs.append(proc)
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HarnessError(f"{module} in {host.ns} not ready within {timeout:.0f} s")
+            readable, _, _ = select.select([stdout], [], [], min(left, 0.5))
+            if not readable:
+                if proc.poll() is not None:
+                    raise HarnessError(f"{module} in {host.ns} exited {proc.returncode}")
+                continue
+            byte = os.read(stdout.fileno(), 1)
+            if not byte:
+                raise HarnessError(f"{module} in {host.ns} closed stdout before being ready")
+            line += byte
+        text = line.decode("utf-8", "replace").strip()
+        if not text.startswith(ready):
+            raise HarnessError(f"{module} in {host.ns} printed {text!r}, not {ready!r}...")
+
+        def drain() -> None:
+            with log.open("ab") as out:
+                for rest in stdout:
+                    out.write(rest)
+                    out.flush()
+
+        threading.Thread(target=drain, daemon=True).start()
+        return proc, text[len(ready) :]
+
+    def end(self, proc: subprocess.Popen[bytes]) -> None:
+        """Terminate (then kill) a process started with :meth:`spawn_in` or
+        :meth:`spawn_module` before the network closes."""
+        _end(proc)
 
     # -- waiting --------------------------------------------------------------------------
 
