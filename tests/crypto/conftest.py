@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-# An unmodified copy of /work/shared/vectors/merkle-rfc6962 (C2SP CCTV, BSD-2, see its LICENSE).
+# An unmodified copy of the shared test vectors merkle-rfc6962 (C2SP CCTV, BSD-2, see its LICENSE).
 VECTORS = Path(__file__).parent / "vectors" / "merkle-rfc6962"
 
 
