@@ -310,7 +310,7 @@ async def rotate_and_prove(
     )
     bundle = root / "evidence-DE4711000012345.json"
     bundle.write_bytes(produced.data)
-    anchors = [await root_fingerprint(by_admin[code].node) for code in ("EU", "JP")]
+    anchors = [await by_admin[code].node.root_fingerprint() for code in ("EU", "JP")]
     report = verify_evidence(bundle.read_bytes(), anchors)
     console.print(f"   {bundle.name}, verified with the EU and JP root fingerprints only:")
     for line in report.summary().splitlines():
@@ -330,11 +330,6 @@ async def wait_for_new_key(node: Node) -> None:
             return
         await asyncio.sleep(0.2)
     raise UnreachableError("the rotated signing key did not become active")
-
-
-async def root_fingerprint(node: Node) -> str:
-    async with node.engine.connect() as conn:
-        return (await node.trust_statement(conn)).root_fingerprint
 
 
 def stop(nodes: Sequence[DemoNode], grace_s: float = 15.0) -> None:

@@ -57,7 +57,6 @@ from gateway.trust import (
     SigningKey,
     TrustStatement,
     bundle_bytes,
-    expiry_state,
     sign_statement,
     tls_ca_certificates,
 )
@@ -559,13 +558,3 @@ async def republish(node: Node, *, actor: str = "cli") -> int:
         )
         appended += result.appended
     return appended
-
-
-def trust_expiry(node: Node, statement: TrustStatement) -> dict[str, str]:
-    state = expiry_state(
-        statement,
-        now_utc(),
-        grace=dt.timedelta(seconds=node.config.trust.expiry_grace_s),
-        warn=dt.timedelta(days=node.config.trust.renew_warning_days),
-    )
-    return {"state": state.state, "message": state.message}

@@ -60,7 +60,14 @@ from gateway.errors import InputError
 from gateway.storage.database import create_engine, migrate
 from gateway.storage.schema import datasets, node_state, trust_statements
 from gateway.storage.tiles import create_empty_log
-from gateway.trust import SigningKey, TrustStatement, log_origin, sign_statement
+from gateway.trust import (
+    ExpiryState,
+    SigningKey,
+    TrustStatement,
+    expiry_state,
+    log_origin,
+    sign_statement,
+)
 
 ADMIN_ROLE = "admin"
 
@@ -453,6 +460,21 @@ class Node:
         ]
         usable.sort(key=lambda k: k.valid_from)
         return usable
+
+    def trust_expiry(self, statement: TrustStatement) -> ExpiryState:
+        """Where ``statement`` stands against its expiry, with this node's grace and warning
+        periods (``trust.expiry_grace_s``, ``trust.renew_warning_days``)."""
+        return expiry_state(
+            statement,
+            now_utc(),
+            grace=dt.timedelta(seconds=self.config.trust.expiry_grace_s),
+            warn=dt.timedelta(days=self.config.trust.renew_warning_days),
+        )
+
+    async def root_fingerprint(self) -> str:
+        """Our root key's fingerprint (what partners pin)."""
+        async with self.engine.connect() as conn:
+            return (await self.trust_statement(conn)).root_fingerprint
 
     async def active_signers(
         self, conn: AsyncConnection

@@ -41,7 +41,7 @@ from gateway.replication import (
 )
 from gateway.storage.schema import entries, logs, node_state, partners
 from gateway.storage.tiles import root_at
-from gateway.trust import TrustError, TrustStatement, expiry_state
+from gateway.trust import TrustError, TrustStatement
 from gateway.verification import apply_revocations, parse_envelope
 from mra.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -389,12 +389,7 @@ class Replicator:
 
     def check_expiry(self, statement: TrustStatement) -> None:
         """Fail closed once the partner's statement is past its expiry and the grace period."""
-        state = expiry_state(
-            statement,
-            now_utc(),
-            grace=timedelta(seconds=self.node.config.trust.expiry_grace_s),
-            warn=timedelta(days=self.node.config.trust.renew_warning_days),
-        )
+        state = self.node.trust_expiry(statement)
         self.status.trust_version = statement.version
         self.status.trust_state = state.state
         self.status.trust_message = state.message

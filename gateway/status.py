@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from gateway.errors import GatewayError
-from gateway.node import Node, now_utc
+from gateway.node import Node
 from gateway.partners import partner_statement
 from gateway.storage.schema import entries, logs, partners
-from gateway.trust import TrustStatement, expiry_state
+from gateway.trust import TrustStatement
 from gateway.witness import open_alerts, witness_counts
 
 UNUSABLE = ("revoked", "early", "invalid")
@@ -24,12 +23,7 @@ TrustProblems = Callable[[str], str | None]
 
 
 def trust_state(node: Node, statement: TrustStatement) -> dict[str, Any]:
-    state = expiry_state(
-        statement,
-        now_utc(),
-        grace=timedelta(seconds=node.config.trust.expiry_grace_s),
-        warn=timedelta(days=node.config.trust.renew_warning_days),
-    )
+    state = node.trust_expiry(statement)
     return {
         "version": statement.version,
         "expires": statement.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),

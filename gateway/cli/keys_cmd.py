@@ -172,12 +172,15 @@ def republish(home: HomeOption, json_out: JsonOption = False) -> None:
 @command
 def show(home: HomeOption, json_out: JsonOption = False) -> None:
     """Our current trust statement: version, expiry, keys."""
-    from gateway.keys import trust_expiry
+    from gateway.status import trust_state
 
     async def body(node: Node) -> dict[str, Any]:
         async with node.engine.connect() as conn:
             statement = await node.trust_statement(conn)
-        return _statement_report(statement, {"expiry": trust_expiry(node, statement)})
+        state = trust_state(node, statement)
+        return _statement_report(
+            statement, {"expiry": {"state": state["state"], "message": state["message"]}}
+        )
 
     report = run_on_node(home, body)
     if json_out:

@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
                 timezone=timezone,
             )
         )
-        fingerprint = run_on_node(home, _fingerprint)
+        fingerprint = run_on_node(home, Node.root_fingerprint)
         report = {
             "admin": code,
             "home": str(config.home),
@@ -262,11 +262,6 @@ def registry_use(app: typer.Typer) -> None:
             emit_json({"dataset": version, "file": str(file)})
         else:
             emit_text(f"now answering with dataset {version}")
-
-
-async def _fingerprint(node: Node) -> str:
-    async with node.engine.connect() as conn:
-        return (await node.trust_statement(conn)).root_fingerprint
 
 
 MAX_INPUT_BYTES = 512 * 1024 * 1024
