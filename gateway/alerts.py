@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import record_action
 from gateway.errors import InputError
@@ -17,12 +18,11 @@ from gateway.node import Node
 from gateway.storage.schema import alerts
 
 
-async def list_alerts(node: Node, *, include_cleared: bool = False) -> list[dict[str, Any]]:
+async def alert_rows(conn: AsyncConnection, *, include_cleared: bool) -> list[dict[str, Any]]:
+    """Alerts, oldest first: id, kind, subject, message, at (UTC), cleared."""
     query = select(alerts).order_by(alerts.c.at, alerts.c.id)
     if not include_cleared:
         query = query.where(alerts.c.cleared.is_(False))
-    async with node.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
     return [
         {
             "id": int(r.id),
@@ -32,8 +32,21 @@ async def list_alerts(node: Node, *, include_cleared: bool = False) -> list[dict
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.at)),
             "cleared": bool(r.cleared),
         }
-        for r in rows
+        for r in (await conn.execute(query)).all()
     ]
+
+
+async def open_alerts(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Open alerts as status reports them: kind, subject, message, at."""
+    return [
+        {k: a[k] for k in ("kind", "subject", "message", "at")}
+        for a in await alert_rows(conn, include_cleared=False)
+    ]
+
+
+async def list_alerts(node: Node, *, include_cleared: bool = False) -> list[dict[str, Any]]:
+    async with node.engine.connect() as conn:
+        return await alert_rows(conn, include_cleared=include_cleared)
 
 
 async def clear_alerts(

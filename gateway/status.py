@@ -8,12 +8,13 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from gateway.alerts import open_alerts
 from gateway.errors import GatewayError
 from gateway.node import Node
 from gateway.partners import partner_statement
 from gateway.storage.schema import entries, logs, partners
 from gateway.trust import TrustStatement
-from gateway.witness import open_alerts, witness_counts
+from gateway.witness import witness_counts
 
 UNUSABLE = ("revoked", "early", "invalid")
 # partner code -> connected now (only a running gateway knows; the CLI alone says False)

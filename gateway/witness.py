@@ -692,26 +692,6 @@ async def witness_counts(conn: AsyncConnection) -> dict[str, int]:
     return counts
 
 
-async def open_alerts(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """Alerts not yet cleared, oldest first."""
-    rows = (
-        await conn.execute(
-            select(alerts.c.kind, alerts.c.subject, alerts.c.message, alerts.c.at)
-            .where(alerts.c.cleared.is_(False))
-            .order_by(alerts.c.at, alerts.c.id)
-        )
-    ).all()
-    return [
-        {
-            "kind": r.kind,
-            "subject": r.subject,
-            "message": r.message,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.at)),
-        }
-        for r in rows
-    ]
-
-
 __all__ = [
     "MAX_VIEWS",
     "SPLIT_VIEW",
@@ -721,7 +701,6 @@ __all__ = [
     "WitnessInputError",
     "WitnessOutcome",
     "check_pending",
-    "open_alerts",
     "our_views",
     "prove_pending",
     "receive_views",
