@@ -314,6 +314,7 @@ class Node:
         self.config = config
         self.paths = NodePaths(config.home)
         self._engine: AsyncEngine | None = None
+        self._statement: tuple[bytes, TrustStatement] | None = None
 
     @classmethod
     def open(cls, home: Path, environ: dict[str, str] | None = None) -> Node:
@@ -433,7 +434,13 @@ class Node:
                 .limit(1)
             )
         ).scalar_one()
-        return TrustStatement.from_payload(envelope_from_json(bytes(row)).payload)
+        # Parsed once per version: the key-schedule job and every publish read it, and parsing
+        # loads keys and certificates.
+        envelope = bytes(row)
+        if self._statement is None or self._statement[0] != envelope:
+            statement = TrustStatement.from_payload(envelope_from_json(envelope).payload)
+            self._statement = (envelope, statement)
+        return self._statement[1]
 
     async def checkpoint_signers(self, conn: AsyncConnection) -> list[PrivateKeySigner]:
         """Every Ed25519 key we hold that may sign now, newest first: during a rotation's
