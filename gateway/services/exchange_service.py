@@ -21,10 +21,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Identify = Callable[[Context], Awaitable[str]]
 
 
+def checkpoint_message(note: str) -> log_pb2.Checkpoint:
+    """A C2SP checkpoint note on the wire: its exact UTF-8 bytes."""
+    return log_pb2.Checkpoint(note=note.encode("utf-8"))
+
+
 def batch_message(batch: Batch) -> exchange_pb2.SubscribeResponse:
     message = exchange_pb2.LogBatch(
         start_index=batch.start,
-        checkpoint=log_pb2.Checkpoint(note=batch.checkpoint.encode("utf-8")),
+        checkpoint=checkpoint_message(batch.checkpoint),
         consistency=log_pb2.ConsistencyProof(
             old_size=batch.end, new_size=batch.checkpoint_size, hashes=list(batch.consistency)
         ),
@@ -67,9 +72,7 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
     ) -> exchange_pb2.GetCheckpointResponse:
         await self.identify(context)
         head = await guarded(context, self.handler.head)
-        return exchange_pb2.GetCheckpointResponse(
-            checkpoint=log_pb2.Checkpoint(note=head.checkpoint.encode("utf-8"))
-        )
+        return exchange_pb2.GetCheckpointResponse(checkpoint=checkpoint_message(head.checkpoint))
 
     async def GetInclusionProof(  # noqa: N802
         self, request: exchange_pb2.GetInclusionProofRequest, context: Context
@@ -84,7 +87,7 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
             proof=log_pb2.InclusionProof(
                 leaf_index=request.leaf_index, tree_size=tree_size, hashes=hashes
             ),
-            checkpoint=log_pb2.Checkpoint(note=head.checkpoint.encode("utf-8")),
+            checkpoint=checkpoint_message(head.checkpoint),
         )
 
     async def GetConsistencyProof(  # noqa: N802
@@ -100,7 +103,7 @@ class ExchangeServicer(exchange_pb2_grpc.ExchangeServiceServicer):
             proof=log_pb2.ConsistencyProof(
                 old_size=request.old_size, new_size=new_size, hashes=hashes
             ),
-            checkpoint=log_pb2.Checkpoint(note=head.checkpoint.encode("utf-8")),
+            checkpoint=checkpoint_message(head.checkpoint),
         )
 
     async def GetTrustStatement(  # noqa: N802
