@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tests.gateway.test_server_support import eventually
 __all__ = [
     "Cluster",
     "bulk_records",
+    "cluster_of",
     "eventually",
     "jsonl",
     "log_head",
@@ -249,6 +250,22 @@ class Cluster:
         for node in self.nodes.values():
             await node.close()
         await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def cluster_of(
+    tmp_path: Path, db_url: str, codes: tuple[str, ...], env: dict[str, str], *, start: bool
+) -> AsyncIterator[Cluster]:
+    """A cluster of ``codes`` (each with ``env``), started when ``start``, always closed."""
+    cluster = Cluster(tmp_path, db_url)
+    try:
+        for code in codes:
+            await cluster.add(code, **env)
+            if start:
+                await cluster.start(code)
+        yield cluster
+    finally:
+        await cluster.close()
 
 
 async def disclosed_records(node: Node, log: str) -> list[Any]:

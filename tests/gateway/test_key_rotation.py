@@ -26,6 +26,7 @@ from tests.gateway.nodes import (
     Cluster,
     assert_log_consistent,
     bulk_records,
+    cluster_of,
     eventually,
     log_head,
     partner_row,
@@ -49,10 +50,7 @@ def revalidated(rows: list[dict[str, Any]], day: int) -> list[dict[str, Any]]:
     return [{**r, "last_validation": f"2025-01-{day:02d}"} for r in rows]
 
 
-async def three_gateways(cluster: Cluster) -> None:
-    for code in CODES:
-        await cluster.add(code, **TRUST_ENV)
-        await cluster.start(code)
+async def connect_all(cluster: Cluster) -> None:
     await cluster.connect("EU", "JP")
     await cluster.connect("EU", "US")
     await cluster.connect("JP", "US")
@@ -121,9 +119,8 @@ async def head_signers(node: Node) -> int:
 async def test_rotating_every_kind_of_key_while_running_loses_and_rejects_nothing(
     db_url: str, tmp_path: Path
 ) -> None:
-    cluster = Cluster(tmp_path, db_url)
-    try:
-        await three_gateways(cluster)
+    async with cluster_of(tmp_path, db_url, CODES, TRUST_ENV, start=True) as cluster:
+        await connect_all(cluster)
         eu, jp, us = (cluster.node(c) for c in CODES)
         await cluster.publish("EU", eu_batch(0, 20))
         await cluster.publish("JP", jp_records())
@@ -222,8 +219,6 @@ async def test_rotating_every_kind_of_key_while_running_loses_and_rejects_nothin
                 )
             ).scalar_one()
         assert updates >= 3  # JP twice (TLS, renewal), US twice (root, renewal)
-    finally:
-        await cluster.close()
 
 
 async def gateways_talk(cluster: Cluster, caller: str, callee: str) -> None:

@@ -23,16 +23,9 @@ from gateway.query import Question
 from gateway.replication import ReplicationFaultError, verify_note
 from gateway.storage.schema import audit, entries, trust_statements
 from gateway.trust import sign_statement
-from tests.gateway.nodes import Cluster, bulk_records, eventually, log_head, partner_row
+from tests.gateway.nodes import bulk_records, cluster_of, eventually, log_head, partner_row
 
 ENV = {"MRAGW_TRUST__REFRESH_INTERVAL_S": "0.2", "MRAGW_TRUST__CLOCK_SKEW_S": "0"}
-
-
-async def pair(cluster: Cluster, **env: str) -> None:
-    for code in ("EU", "JP"):
-        await cluster.add(code, **{**ENV, **env})
-        await cluster.start(code)
-    await cluster.connect("EU", "JP")
 
 
 async def states(node: Any, log: str, signer: str | None = None) -> dict[str, int]:
@@ -51,9 +44,8 @@ def operator(n: int) -> str:
 async def test_a_compromised_key_is_revoked_from_an_earlier_index_and_records_republished(
     db_url: str, tmp_path: Path
 ) -> None:
-    cluster = Cluster(tmp_path, db_url)
-    try:
-        await pair(cluster)
+    async with cluster_of(tmp_path, db_url, ("EU", "JP"), ENV, start=True) as cluster:
+        await cluster.connect("EU", "JP")
         eu, jp = cluster.node("EU"), cluster.node("JP")
         await cluster.publish("EU", bulk_records(12))
         async with eu.engine.connect() as conn:
@@ -135,16 +127,15 @@ async def test_a_compromised_key_is_revoked_from_an_earlier_index_and_records_re
         )
         with pytest.raises(ReplicationFaultError, match="revoked from index 8"):
             verify_note(forged, statement, now=now_utc())
-    finally:
-        await cluster.close()
 
 
 async def test_an_expired_statement_stops_replication_after_the_grace_until_renewed(
     db_url: str, tmp_path: Path
 ) -> None:
-    cluster = Cluster(tmp_path, db_url)
-    try:
-        await pair(cluster, MRAGW_TRUST__EXPIRY_GRACE_S="0.5")
+    async with cluster_of(
+        tmp_path, db_url, ("EU", "JP"), {**ENV, "MRAGW_TRUST__EXPIRY_GRACE_S": "0.5"}, start=True
+    ) as cluster:
+        await cluster.connect("EU", "JP")
         eu, jp = cluster.node("EU"), cluster.node("JP")
         await cluster.publish("EU", bulk_records(3))
         await cluster.wait_replicated("JP", "EU", 3)
@@ -185,16 +176,13 @@ async def test_an_expired_statement_stops_replication_after_the_grace_until_rene
         await keys.renew(eu, days=90)
         await cluster.wait_replicated("JP", "EU", 5)
         assert cluster.gateways["JP"].replication.status("EU").trust_state == "valid"  # type: ignore[union-attr]
-    finally:
-        await cluster.close()
 
 
 async def test_a_bad_statement_update_is_refused_and_the_held_one_kept(
     db_url: str, tmp_path: Path
 ) -> None:
-    cluster = Cluster(tmp_path, db_url)
-    try:
-        await pair(cluster)
+    async with cluster_of(tmp_path, db_url, ("EU", "JP"), ENV, start=True) as cluster:
+        await cluster.connect("EU", "JP")
         eu, jp = cluster.node("EU"), cluster.node("JP")
         held = (await partner_row(jp, "EU")).trust_version
         # EU's database gains a version signed by a stranger (a stolen database, not the root).
@@ -238,5 +226,3 @@ async def test_a_bad_statement_update_is_refused_and_the_held_one_kept(
         # Replication itself goes on under the held statement.
         await cluster.publish("EU", bulk_records(2))
         await cluster.wait_replicated("JP", "EU", 2)
-    finally:
-        await cluster.close()

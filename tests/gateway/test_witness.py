@@ -49,7 +49,7 @@ from gateway.witness import (
     witness_keys,
 )
 from mra.v1 import exchange_pb2, exchange_pb2_grpc, log_pb2
-from tests.gateway.nodes import Cluster, eventually, partner_row
+from tests.gateway.nodes import cluster_of, eventually, partner_row
 from tests.gateway.test_hostile_partner import FakeLog, HostileExchange, exchange_handler
 
 # Background rounds every 0.1 s where a test relies on the loop; else never during a test, so
@@ -134,21 +134,6 @@ def b64(root: bytes) -> str:
 async def run_cli(*args: str) -> Any:
     # The CLI runs its own event loop: keep it off this one.
     return await asyncio.to_thread(CliRunner().invoke, cli, list(args))
-
-
-@asynccontextmanager
-async def cluster_of(
-    tmp_path: Path, db_url: str, codes: tuple[str, ...], env: dict[str, str], *, start: bool
-) -> AsyncIterator[Cluster]:
-    cluster = Cluster(tmp_path, db_url)
-    try:
-        for code in codes:
-            await cluster.add(code, **env)
-            if start:
-                await cluster.start(code)
-        yield cluster
-    finally:
-        await cluster.close()
 
 
 @asynccontextmanager
