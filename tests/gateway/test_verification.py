@@ -8,7 +8,7 @@ import datetime as dt
 import time
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crypto.keys import PrivateKeySigner
 from crypto.merkle import leaf_hash
@@ -33,6 +33,30 @@ def statement(*keys: SigningKey) -> TrustStatement:
         root_key=root.public_key,
         tls_ca_pem="",
         signing_keys=keys,
+    )
+
+
+async def store_unverified(
+    conn: AsyncConnection, envelopes: list[bytes], *, received_at: float | None = None
+) -> None:
+    """A replica of EU holding ``envelopes`` from index 0, none verified yet."""
+    await create_empty_log(conn, "EU", own=False)
+    await conn.execute(
+        entries.insert(),
+        [
+            {
+                "log": "EU",
+                "idx": i,
+                "leaf_hash": leaf_hash(env),
+                "envelope": env,
+                "payload_type": None,
+                "sig_state": "unverified",
+                "signer": None,
+                "content_digest": None,
+                "appended_at": time.time() if received_at is None else received_at,
+            }
+            for i, env in enumerate(envelopes)
+        ],
     )
 
 
@@ -73,25 +97,8 @@ async def test_a_later_revocation_marks_verified_entries_from_its_index(
     key = PrivateKeySigner.generate()
     before = statement(SigningKey(key.public_key, valid_from=NOW))
     async with engine.begin() as conn:
-        await create_empty_log(conn, "EU", own=False)
-        await conn.execute(
-            entries.insert(),
-            [
-                {
-                    "log": "EU",
-                    "idx": i,
-                    "leaf_hash": leaf_hash(env),
-                    "envelope": env,
-                    "payload_type": None,
-                    "sig_state": "unverified",
-                    "signer": None,
-                    "content_digest": None,
-                    "appended_at": time.time(),
-                }
-                for i, env in enumerate(
-                    envelope_bytes(TYPE, f"p{i}".encode(), key) for i in range(5)
-                )
-            ],
+        await store_unverified(
+            conn, [envelope_bytes(TYPE, f"p{i}".encode(), key) for i in range(5)]
         )
         checks = await verify_pending(conn, "EU", before)
     assert [c.state for c in checks] == ["valid"] * 5
@@ -122,25 +129,10 @@ async def test_an_unknown_key_waits_for_a_statement_refresh_before_it_counts_as_
     held = statement(SigningKey(known.public_key, valid_from=NOW))
     received = time.time()
     async with engine.begin() as conn:
-        await create_empty_log(conn, "EU", own=False)
-        await conn.execute(
-            entries.insert(),
-            [
-                {
-                    "log": "EU",
-                    "idx": i,
-                    "leaf_hash": leaf_hash(env),
-                    "envelope": env,
-                    "payload_type": None,
-                    "sig_state": "unverified",
-                    "signer": None,
-                    "content_digest": None,
-                    "appended_at": received,
-                }
-                for i, env in enumerate(
-                    [envelope_bytes(TYPE, b"a", known), envelope_bytes(TYPE, b"b", rotated)]
-                )
-            ],
+        await store_unverified(
+            conn,
+            [envelope_bytes(TYPE, b"a", known), envelope_bytes(TYPE, b"b", rotated)],
+            received_at=received,
         )
         # Received after our last refresh: the rotated key's entry is left for later.
         checks = await verify_pending(conn, "EU", held, trust_checked_at=received - 1)
