@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import time
 from importlib import resources
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import record_action
 from gateway.errors import GatewayError
+from gateway.status_reads import AlchemyReads
 from gateway.storage.schema import datasets, node_state
 from registry.dataset import parse_dataset
 from registry.resolver import Recogniser
@@ -37,24 +39,30 @@ def recogniser_for(content: bytes) -> Recogniser:
 _BY_VERSION: dict[str, Recogniser] = {}
 
 
-async def active_recogniser(conn: AsyncConnection) -> Recogniser:
-    """The recogniser of the node's active dataset; ``mragw registry use`` takes effect at the
-    next call, since the version is read every time."""
-    version = (
-        await conn.execute(select(datasets.c.version).where(datasets.c.active.is_(True)))
-    ).scalar()
+class DatasetReads(Protocol):
+    async def dataset_version(self) -> str | None: ...
+
+    async def dataset_content(self, version: str) -> bytes: ...
+
+
+async def recogniser_of(reads: DatasetReads) -> Recogniser:
+    """The recogniser of the active dataset as ``reads`` sees it; ``mragw registry use`` takes
+    effect at the next call, since the version is read every time."""
+    version = await reads.dataset_version()
     if version is None:
         raise GatewayError("the node has no active registry dataset (mragw registry use)")
     recogniser = _BY_VERSION.get(version)
     if recogniser is None:
-        content = (
-            await conn.execute(select(datasets.c.content).where(datasets.c.version == version))
-        ).scalar_one()
-        recogniser = recogniser_for(bytes(content))
+        recogniser = recogniser_for(await reads.dataset_content(version))
         if len(_BY_VERSION) >= 8:
             _BY_VERSION.clear()
         _BY_VERSION[version] = recogniser
     return recogniser
+
+
+async def active_recogniser(conn: AsyncConnection) -> Recogniser:
+    """The recogniser of the node's active dataset, read on ``conn``."""
+    return await recogniser_of(AlchemyReads(conn))
 
 
 async def use_dataset(conn: AsyncConnection, content: bytes, source: str, actor: str) -> str:

@@ -407,6 +407,23 @@ class Node:
             pems.append((self.paths.tls_next / "ca.pem").read_bytes())
         return b"".join(pems)
 
+    def own_ca_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """(inode, mtime, size) of every file :meth:`own_ca_pem` depends on: unchanged
+        stamps mean unchanged CAs, so a per-call check costs three stat calls, not reads."""
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in (
+            self.paths.tls_file("ca.pem"),
+            self.paths.tls_switch,
+            self.paths.tls_next / "ca.pem",
+        ):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                stamps.append(None)
+            else:
+                stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
     def own_ca_certificates(self) -> list[Any]:
         return [load_certificate(p) for p in _split_pem(self.own_ca_pem())]
 

@@ -41,14 +41,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import sqlite3
 import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
-    Iterable,
     Sequence,
 )
 from contextlib import aclosing, asynccontextmanager, suppress
@@ -60,11 +59,24 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.datasets import active_recogniser
+from gateway.datasets import recogniser_of
 from gateway.errors import InputError, UnreachableError
 from gateway.records import SCHEMES, OperatorId, normalise_identifier
-from gateway.storage.database import describe_db_error
-from gateway.storage.schema import entries, identifiers, logs, record_feed, records
+from gateway.status_reads import (
+    CHUNK,
+    RECORD_COLUMNS,
+    VALID,
+    AlchemyReads,
+    Matches,
+    SqliteSnapshots,
+    StatusReads,
+    StatusRecord,
+    grouped,
+    record_from_row,
+    sqlite_file,
+)
+from gateway.storage.database import SQLITE_BUSY_TIMEOUT_MS, describe_db_error
+from gateway.storage.schema import entries, logs, record_feed, records
 from gateway.storage.tiles import inclusion_proof
 from registry.errors import QuestionError
 from registry.model import MODES
@@ -85,14 +97,15 @@ NO_CONSENT = "NO_CONSENT"
 #: on that date has no such type): fail closed.
 TYPE_NOT_IN_PROGRAMME = "TYPE_NOT_IN_PROGRAMME"
 
-VALID = "valid"
 #: Most questions one ``check_many`` call answers (the gRPC edge enforces it too).
 MAX_QUESTIONS = 10_000
-#: Bound parameters per ``IN`` list, well under SQLite's and asyncpg's limits.
-_CHUNK = 1000
 _CODE = re.compile(r"[A-Z]{2,4}")
-
-RecogniserSource = Callable[[AsyncConnection], Awaitable[Recogniser]]
+#: Entries each kept in a Checker's memo of registry answers and union memberships.
+_MEMO_LIMIT = 100_000
+#: (issuer, type, day, mode, strict) -> the registry's answer, or why it could not answer.
+_RegistryMemo = dict[tuple[str, str, str, str | None, bool], Answer | str]
+#: (union, day) -> its members on that day.
+_MembersMemo = dict[tuple[str, str], frozenset[str]]
 
 
 class BadQuestionError(InputError):
@@ -129,34 +142,6 @@ class Question:
     mode: str | None = None
     strict: bool = False
     evidence: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StatusRecord:
-    """One indexed AEO status record (a row of ``records``)."""
-
-    log: str
-    idx: int
-    issuer: str
-    authorisation: str
-    aeo_type: str
-    status: str
-    status_date: str
-    valid_from: str | None
-    valid_until: str | None
-    consent: bool
-    country: str | None
-    name: str | None
-    disclosed_to: str | None
-
-    @property
-    def order(self) -> tuple[str, int, str]:
-        """Latest status_date first, then the later entry (then the log, to be total)."""
-        return (self.status_date, self.idx, self.log)
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.log, self.issuer, self.authorisation, self.aeo_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,97 +343,20 @@ def _normalise_value(text: str) -> str:
     return re.sub(r"\s+", "", text).upper()
 
 
-def _record(row: Any) -> StatusRecord:
-    m = row._mapping
-    return StatusRecord(
-        log=m["log"],
-        idx=int(m["idx"]),
-        issuer=m["issuer"],
-        authorisation=m["authorisation"],
-        aeo_type=m["aeo_type"],
-        status=m["status"],
-        status_date=m["status_date"],
-        valid_from=m["valid_from"],
-        valid_until=m["valid_until"],
-        consent=bool(m["consent"]),
-        country=m["country"],
-        name=m["name"],
-        disclosed_to=m["disclosed_to"],
-    )
-
-
-_RECORD_COLUMNS = (
-    records.c.log,
-    records.c.idx,
-    records.c.issuer,
-    records.c.authorisation,
-    records.c.aeo_type,
-    records.c.status,
-    records.c.status_date,
-    records.c.valid_from,
-    records.c.valid_until,
-    records.c.consent,
-    records.c.country,
-    records.c.name,
-    records.c.disclosed_to,
-)
-_VALID_ENTRY = and_(
-    entries.c.log == records.c.log,
-    entries.c.idx == records.c.idx,
-    entries.c.sig_state == VALID,
-)
-
-
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _grouped(keys: Iterable[tuple[Any, ...]]) -> Iterable[tuple[tuple[Any, ...], Sequence[Any]]]:
-    """Split keys into (all but the last part, chunk of last parts), so a lookup reads
-    ``a = ? AND b = ? AND c IN (...)``: SQLite uses every column of the index for that, while
-    a row-value ``(a, b, c) IN (...)`` uses only the first and scans the rest."""
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    for key in keys:
-        groups.setdefault(tuple(key[:-1]), []).append(key[-1])
-    for prefix in sorted(groups):
-        for chunk in _chunks(sorted(set(groups[prefix]))):
-            yield prefix, chunk
-
-
-async def _valid_records(
-    conn: AsyncConnection, keys: Iterable[tuple[str, str, str]]
-) -> list[StatusRecord]:
-    """Every usable record of the given (log, issuer, authorisation) keys, any type."""
-    out: list[StatusRecord] = []
-    for (log, issuer), chunk in _grouped(keys):
-        stmt = (
-            select(*_RECORD_COLUMNS)
-            .select_from(records.join(entries, _VALID_ENTRY))
-            .where(
-                records.c.log == log,
-                records.c.issuer == issuer,
-                records.c.authorisation.in_(chunk),
-            )
-        )
-        out.extend(_record(row) for row in (await conn.execute(stmt)).all())
-    return out
-
-
 class Checker:
     """Answers recognition questions from the node's database and registry dataset.
 
-    ``recogniser`` gives the registry to answer with, read on the question's connection (the
-    default follows the node's active dataset); ``today`` is the date of a question without
-    one (the node's configured time zone); ``poll_interval`` is how often ``watch`` looks for
-    changes made by other processes."""
+    Answers use the node's active registry dataset, read in the answer's snapshot; ``today``
+    is the date of a question without one (the node's configured time zone);
+    ``poll_interval`` is how often ``watch`` looks for changes made by other processes. On
+    SQLite, checks without evidence read through :class:`SqliteSnapshots` (no thread hop,
+    no statement compilation); call :meth:`close` on the thread that used the checker."""
 
     def __init__(
         self,
         engine: AsyncEngine,
         admin: str,
         *,
-        recogniser: RecogniserSource | None = None,
         today: Callable[[], date] = _utc_today,
         poll_interval: float = 0.5,
         max_questions: int = MAX_QUESTIONS,
@@ -458,12 +366,22 @@ class Checker:
             raise ValueError("poll_interval must be positive")
         self.engine = engine
         self.admin = admin
-        self._recogniser: RecogniserSource = recogniser or active_recogniser
+        path = sqlite_file(engine)
+        self._snapshots = (
+            SqliteSnapshots(path, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS) if path else None
+        )
         self._today = today
         self.poll_interval = poll_interval
         self.max_questions = max_questions
         self.gap_timeout = gap_timeout
         self._wake = asyncio.Event()
+        self._memo: dict[
+            str,
+            tuple[
+                _RegistryMemo,
+                _MembersMemo,
+            ],
+        ] = {}
 
     @classmethod
     def for_node(cls, node: Node, **options: Any) -> Checker:
@@ -499,39 +417,78 @@ class Checker:
             return []
         return await self._answer(questions, positions=True)
 
+    def _memo_for(
+        self, recogniser: Recogniser
+    ) -> tuple[
+        _RegistryMemo,
+        _MembersMemo,
+    ]:
+        """Registry answers and union memberships already worked out with this dataset: they
+        depend only on the dataset and the question's date, and asking the registry again
+        was a fifth of a ``Check``. Dropped when the dataset changes or the memo grows big."""
+        registry, members = self._memo.get(recogniser.version, ({}, {}))
+        if len(registry) > _MEMO_LIMIT or len(members) > _MEMO_LIMIT:
+            registry, members = {}, {}
+        self._memo = {recogniser.version: (registry, members)}
+        return registry, members
+
+    def close(self) -> None:
+        """Release the read connections this thread opened."""
+        if self._snapshots is not None:
+            self._snapshots.close()
+
     async def _answer(self, questions: Sequence[Question], *, positions: bool) -> list[CheckAnswer]:
+        if self._snapshots is not None and not any(q.evidence for q in questions):
+            try:
+                with self._snapshots.snapshot() as reads:
+                    return await self._answer_with(reads, None, questions, positions=positions)
+            except sqlite3.Error as error:
+                raise UnreachableError(f"database unreachable: {error}") from error
         async with self._reading() as conn:
-            recogniser = await self._recogniser(conn)
-            asked = [
-                self._validate(q, recogniser, n if positions else None)
-                for n, q in enumerate(questions)
-            ]
-            matches = await self._match(conn, asked)
-            histories = await self._histories(conn, matches)
-            decided: list[_Decided] = []
-            registry: dict[tuple[str, str, str, str | None, bool], Answer | str] = {}
-            members: dict[tuple[str, str], frozenset[str]] = {}
-            for a in asked:
-                decided.append(
-                    self._decide(
-                        a,
-                        matches=matches,
-                        histories=histories,
-                        recogniser=recogniser,
-                        registry=registry,
-                        members=members,
-                    )
+            return await self._answer_with(AlchemyReads(conn), conn, questions, positions=positions)
+
+    async def _answer_with(
+        self,
+        reads: StatusReads,
+        conn: AsyncConnection | None,
+        questions: Sequence[Question],
+        *,
+        positions: bool,
+    ) -> list[CheckAnswer]:
+        """Answer from one snapshot; ``conn`` (the same snapshot) is needed for evidence."""
+        recogniser = await recogniser_of(reads)
+        asked = [
+            self._validate(q, recogniser, n if positions else None) for n, q in enumerate(questions)
+        ]
+        matches = await reads.match([a.value for a in asked])
+        histories = await self._histories(reads, matches)
+        decided: list[_Decided] = []
+        registry, members = self._memo_for(recogniser)
+        for a in asked:
+            decided.append(
+                self._decide(
+                    a,
+                    matches=matches,
+                    histories=histories,
+                    recogniser=recogniser,
+                    registry=registry,
+                    members=members,
                 )
-            pairs = {(r.log, r.idx) for d in decided for r in _latest_per_authorisation(d.history)}
-            ids = await self._identifiers(conn, pairs)
-            wanted = {
-                (t.record.log, t.record.idx)
-                for d in decided
-                if d.asked.evidence
-                for t in d.types
-                if t.record is not None
-            }
-            evidence = await self._evidence(conn, wanted) if wanted else {}
+            )
+        pairs = {(r.log, r.idx) for d in decided for r in _latest_per_authorisation(d.history)}
+        ids = await reads.identifiers(pairs)
+        wanted = {
+            (t.record.log, t.record.idx)
+            for d in decided
+            if d.asked.evidence
+            for t in d.types
+            if t.record is not None
+        }
+        evidence: dict[tuple[str, int], Evidence] = {}
+        if wanted:
+            if conn is None:
+                raise AssertionError("evidence needs the SQLAlchemy connection")
+            evidence = await self._evidence(conn, wanted)
         return [_finish(d, ids, evidence, recogniser.version) for d in decided]
 
     def _validate(self, q: Question, recogniser: Recogniser, position: int | None) -> _Asked:
@@ -605,32 +562,8 @@ class Checker:
         )
 
     @staticmethod
-    async def _match(
-        conn: AsyncConnection, asked: Sequence[_Asked]
-    ) -> dict[str, list[tuple[str, StatusRecord]]]:
-        """value -> [(scheme, record)] for every valid record carrying that identifier."""
-        values = sorted({a.value for a in asked})
-        found: dict[str, list[tuple[str, StatusRecord]]] = {}
-        for chunk in _chunks(values):
-            stmt = (
-                select(identifiers.c.value, identifiers.c.scheme, *_RECORD_COLUMNS)
-                .select_from(
-                    identifiers.join(
-                        records,
-                        and_(
-                            records.c.log == identifiers.c.log, records.c.idx == identifiers.c.idx
-                        ),
-                    ).join(entries, _VALID_ENTRY)
-                )
-                .where(identifiers.c.value.in_(chunk))
-            )
-            for row in (await conn.execute(stmt)).all():
-                found.setdefault(row.value, []).append((row.scheme, _record(row)))
-        return found
-
-    @staticmethod
     async def _histories(
-        conn: AsyncConnection, matches: dict[str, list[tuple[str, StatusRecord]]]
+        reads: StatusReads, matches: Matches
     ) -> dict[tuple[str, str, str], list[StatusRecord]]:
         """(log, issuer, authorisation) -> every valid record of that authorisation (any type),
         so a later record that no longer carries the identifier asked still counts."""
@@ -638,7 +571,7 @@ class Checker:
             {(r.log, r.issuer, r.authorisation) for ms in matches.values() for _, r in ms}
         )
         out: dict[tuple[str, str, str], list[StatusRecord]] = {}
-        for rec in await _valid_records(conn, keys):
+        for rec in await reads.valid_records(keys):
             out.setdefault((rec.log, rec.issuer, rec.authorisation), []).append(rec)
         return out
 
@@ -649,8 +582,8 @@ class Checker:
         matches: dict[str, list[tuple[str, StatusRecord]]],
         histories: dict[tuple[str, str, str], list[StatusRecord]],
         recogniser: Recogniser,
-        registry: dict[tuple[str, str, str, str | None, bool], Answer | str],
-        members: dict[tuple[str, str], frozenset[str]],
+        registry: _RegistryMemo,
+        members: _MembersMemo,
     ) -> _Decided:
         def members_of(union: str, day: str) -> frozenset[str]:
             key = (union, day)
@@ -724,7 +657,7 @@ class Checker:
         type_: str,
         history: list[StatusRecord],
         recogniser: Recogniser,
-        registry: dict[tuple[str, str, str, str | None, bool], Answer | str],
+        registry: _RegistryMemo,
     ) -> TypeAnswer:
         on_date = [r for r in history if r.status_date <= a.day]
         if not on_date:
@@ -757,21 +690,6 @@ class Checker:
         )
 
     @staticmethod
-    async def _identifiers(
-        conn: AsyncConnection, pairs: set[tuple[str, int]]
-    ) -> dict[tuple[str, int], list[OperatorId]]:
-        out: dict[tuple[str, int], list[OperatorId]] = {}
-        for (log,), chunk in _grouped(pairs):
-            stmt = select(
-                identifiers.c.log, identifiers.c.idx, identifiers.c.scheme, identifiers.c.value
-            ).where(identifiers.c.log == log, identifiers.c.idx.in_(chunk))
-            for row in (await conn.execute(stmt)).all():
-                out.setdefault((row.log, int(row.idx)), []).append(
-                    OperatorId(row.scheme, row.value)
-                )
-        return out
-
-    @staticmethod
     async def _evidence(
         conn: AsyncConnection, wanted: set[tuple[str, int]]
     ) -> dict[tuple[str, int], Evidence]:
@@ -795,7 +713,7 @@ class Checker:
                 size, note = max(candidates, key=lambda c: c[0])
                 heads[m["code"]] = (note, size)
         envelopes: dict[tuple[str, int], bytes | None] = {}
-        for (log,), chunk in _grouped(wanted):
+        for (log,), chunk in grouped(wanted):
             stmt = select(entries.c.log, entries.c.idx, entries.c.envelope).where(
                 entries.c.log == log, entries.c.idx.in_(chunk), entries.c.sig_state == VALID
             )
@@ -873,7 +791,7 @@ class Checker:
         change is lost to a slow commit."""
         filters = filters or WatchFilter()
         async with self._reading() as conn:
-            recogniser = await self._recogniser(conn)
+            recogniser = await recogniser_of(AlchemyReads(conn))
             last = int((await conn.execute(select(func.max(record_feed.c.seq)))).scalar() or 0)
         issuers = self._watch_issuers(filters, recogniser)
         if after_seq is not None:
@@ -946,9 +864,9 @@ class Checker:
             del gaps[seq]
         wanted_seq = record_feed.c.seq > last
         if gaps:
-            wanted_seq = wanted_seq | record_feed.c.seq.in_(sorted(gaps)[:_CHUNK])
+            wanted_seq = wanted_seq | record_feed.c.seq.in_(sorted(gaps)[:CHUNK])
         stmt = (
-            select(record_feed.c.seq, entries.c.sig_state, *_RECORD_COLUMNS)
+            select(record_feed.c.seq, entries.c.sig_state, *RECORD_COLUMNS)
             .select_from(
                 record_feed.outerjoin(
                     records,
@@ -964,7 +882,7 @@ class Checker:
         )
         async with self._reading() as conn:
             # Union membership comes from the dataset active now (it may have been switched).
-            recogniser = await self._recogniser(conn)
+            recogniser = await recogniser_of(AlchemyReads(conn))
             rows = (await conn.execute(stmt)).all()
             full = len(rows) >= batch
             picked: list[tuple[int, StatusRecord]] = []
@@ -972,11 +890,11 @@ class Checker:
                 seq = int(row.seq)
                 gaps.pop(seq, None)
                 if seq > last:
-                    gaps.update((s, now) for s in range(last + 1, seq) if len(gaps) < 10 * _CHUNK)
+                    gaps.update((s, now) for s in range(last + 1, seq) if len(gaps) < 10 * CHUNK)
                     last = seq
                 if row.sig_state != VALID or row.issuer is None:
                     continue
-                rec = _record(row)
+                rec = record_from_row(row)
                 if wanted_types and rec.aeo_type not in wanted_types:
                     continue
                 if issuers and not any(
@@ -991,7 +909,7 @@ class Checker:
                 picked.append((seq, rec))
             if not picked:
                 return [], last, full
-            ids = await self._identifiers(conn, {(r.log, r.idx) for _, r in picked})
+            ids = await AlchemyReads(conn).identifiers({(r.log, r.idx) for _, r in picked})
             if wanted_ids:
                 picked = [
                     (s, r)
@@ -1027,7 +945,7 @@ class Checker:
         keys = sorted({r.key for r in recs})
         history: dict[tuple[str, str, str, str], list[StatusRecord]] = {}
         wanted = set(keys)
-        for rec in await _valid_records(conn, {(k[0], k[1], k[2]) for k in keys}):
+        for rec in await AlchemyReads(conn).valid_records({(k[0], k[1], k[2]) for k in keys}):
             if rec.key in wanted:
                 history.setdefault(rec.key, []).append(rec)
         out: dict[tuple[str, int], str] = {}
@@ -1069,7 +987,7 @@ def decide_status(
     mode: str | None,
     strict: bool,
     recogniser: Recogniser,
-    registry: dict[tuple[str, str, str, str | None, bool], Answer | str] | None = None,
+    registry: _RegistryMemo | None = None,
 ) -> TypeAnswer:
     """Steps 1-4 for the status record ``r`` that holds on ``at``: is its type recognised by
     ``own_admin``? Pure (no I/O), so ``mragw verify`` re-derives an answer from an evidence

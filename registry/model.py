@@ -13,6 +13,7 @@ Invariants (established by :mod:`registry.dataset`, relied on by :mod:`registry.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -263,8 +264,10 @@ class Dataset:
     about: str | None = None
     collected: str | None = None
 
-    @property
+    @functools.cached_property
     def union_codes(self) -> frozenset[str]:
+        # Asked on every Check: built once per dataset (a frozen dataclass without slots,
+        # so the cache lives in the instance's __dict__).
         return frozenset(u.code for u in self.unions)
 
     def union(self, code: str) -> CustomsUnion | None:

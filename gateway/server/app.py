@@ -31,10 +31,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import hashlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +67,7 @@ from gateway.server.tls import (
     partner_server_credentials,
     server_options,
 )
+from gateway.storage.changes import ChangeProbe
 from mra.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -86,6 +87,8 @@ BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["ExchangeService"].full_name
 QUERY_SERVICE = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+#: Seconds between looks at our CA files for a TLS rotation (see ``_own_cas``).
+OWN_CA_RECHECK_S = 1.0
 
 
 class ListenError(InputError):
@@ -143,7 +146,8 @@ class GatewayServer:
         self._query = query
         self._admin = admin
         self._status = status
-        self._own_cas_cache: tuple[bytes, list[Any]] | None = None
+        self._own_cas_cache: tuple[tuple[Any, ...], list[Any]] | None = None
+        self._own_cas_checked = 0.0
         self._background_factories = dict(background or {})
         self._roles = roles
         self._close_node = close_node
@@ -337,8 +341,16 @@ class GatewayServer:
         return address
 
     def _own_cas(self) -> list[Any]:
-        """Our CA certificates, re-read when a TLS rotation adds or retires one."""
-        key = hashlib.sha256(self.node.own_ca_pem()).digest()
+        """Our CA certificates, re-read when a TLS rotation adds or retires one.
+
+        Called on every admin call, so the files are looked at (stat) at most once per
+        OWN_CA_RECHECK_S: a TLS switch is scheduled minutes ahead and both CAs are accepted
+        across it, so a second's delay in noticing changes nothing."""
+        now = time.monotonic()
+        if self._own_cas_cache is not None and now < self._own_cas_checked + OWN_CA_RECHECK_S:
+            return self._own_cas_cache[1]
+        self._own_cas_checked = now
+        key = self.node.own_ca_stamp()
         if self._own_cas_cache is None or self._own_cas_cache[0] != key:
             self._own_cas_cache = (key, self.node.own_ca_certificates())
         return self._own_cas_cache[1]
@@ -388,8 +400,17 @@ class GatewayServer:
     async def _refresh_loop(self) -> None:
         interval = self.config.replication.poll_interval_s
         failing = False
+        probe = ChangeProbe(self.node.engine)
+        try:
+            await self._refresh_while(probe, interval, failing)
+        finally:
+            probe.close()
+
+    async def _refresh_while(self, probe: ChangeProbe, interval: float, failing: bool) -> None:
         while True:
             await asyncio.sleep(interval)
+            if not failing and not probe.changed():
+                continue  # nothing committed since the last look: the snapshot is current
             try:
                 changed = await self.partners.refresh(self.node.engine)
             except asyncio.CancelledError:

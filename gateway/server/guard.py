@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -124,11 +125,28 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def intercept_service(  # type: ignore[override]  # None = unknown method, as gRPC does
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            # Unknown method: gRPC answers UNIMPLEMENTED; nothing to guard.
-            return None
-        return wrap_handler(handler, handler_call_details.method, self.guard)
+        method = handler_call_details.method
+        # gRPC asks on every call; the wrapped handler depends only on the method (every guard
+        # decides inside the call), so it is built once per method. Only registered methods
+        # get here with a handler, so the memo stays as small as the service.
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                # Unknown method: gRPC answers UNIMPLEMENTED; nothing to guard.
+                return None
+            wrapped = self._wrapped[method] = self.wrap(handler, method)
+        return wrapped
+
+    @functools.cached_property
+    def _wrapped(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return {}
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """The handler with :meth:`guard` around its behaviour."""
+        return wrap_handler(handler, method, self.guard)
 
 
 class _Malformed:
@@ -238,16 +256,13 @@ async def _finish(result: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class MalformedRequestInterceptor(GuardInterceptor):
     """Applies :func:`reject_malformed` to every routed method; put it last (innermost)."""
 
     def __init__(self, on_malformed: MalformedHandler) -> None:
         self._on_malformed = on_malformed
 
-    async def intercept_service(  # type: ignore[override]  # None = unknown method
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return reject_malformed(handler, handler_call_details.method, self._on_malformed)
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        return reject_malformed(handler, method, self._on_malformed)

@@ -409,6 +409,8 @@ class LocalIdentityInterceptor(_IdentityInterceptor):
     ) -> None:
         super().__init__(metrics, clock)
         self._own_cas = own_cas
+        self._cas_seen: Sequence[x509.Certificate] | None = None
+        self._cas_key = 0
         self._own_code = own_code
         self._roles = roles
 
@@ -416,8 +418,11 @@ class LocalIdentityInterceptor(_IdentityInterceptor):
         now = self._clock()
         pem = presented_certificate(context.auth_context())
         cas = self._own_cas()
+        if cas is not self._cas_seen:  # the source hands back the same list until CAs change
+            self._cas_seen = cas
+            self._cas_key = hash(tuple(c.fingerprint(hashes.SHA256()) for c in cas))
         # The cache is keyed by the set of CAs too, so a retired CA's certificates stop working.
-        key = (pem or b"", hash(tuple(c.fingerprint(hashes.SHA256()) for c in cas)))
+        key = (pem or b"", self._cas_key)
         cached = self._cache.get(key, now) if pem is not None else None
         if isinstance(cached, LocalPeer):
             peer = cached

@@ -24,15 +24,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 
-from gateway.server.guard import GuardInterceptor, wrap_handler
-
-if TYPE_CHECKING:
-    from gateway.server.guard import Continuation
+from gateway.server.guard import GuardInterceptor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -373,15 +370,12 @@ class RpcMetricsInterceptor(GuardInterceptor):
         # Methods whose response is a stream: their lifetime is not a latency.
         self._streaming: set[str] = set()
 
-    async def intercept_service(  # type: ignore[override]  # None = unknown method
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.response_streaming:
-            self._streaming.add(handler_call_details.method)
-        return wrap_handler(handler, handler_call_details.method, self.guard)
+            self._streaming.add(method)
+        return super().wrap(handler, method)
 
     @asynccontextmanager
     async def guard(
