@@ -20,13 +20,37 @@ from registry.errors import QuestionError
 from registry.resolver import Recogniser
 
 
+class Recognition:
+    """Whether ``partner`` recognises (issuer, type) on a day, asked of the registry once per
+    question: a publish decides thousands of records of a few issuers and types on one append
+    day, and the registry's answer depends on nothing else."""
+
+    def __init__(self, recogniser: Recogniser) -> None:
+        self.recogniser = recogniser
+        self._answers: dict[tuple[str, str, str, date], bool] = {}
+
+    def recognised(self, partner: str, issuer: str, aeo_type: str, day: date) -> bool:
+        key = (partner, issuer, aeo_type, day)
+        answer = self._answers.get(key)
+        if answer is None:
+            try:
+                answer = self.recogniser.check(partner, issuer, aeo_type, day).recognised
+            except QuestionError:
+                # A partner code or type the active dataset does not know: fail closed.
+                answer = False
+            self._answers[key] = answer
+        return answer
+
+
 def status_entitles(
-    recogniser: Recogniser, record: AeoStatusRecord, partner: str, day: date
+    recogniser: Recogniser | Recognition, record: AeoStatusRecord, partner: str, day: date
 ) -> bool:
     if record.audience and partner not in record.audience:
         return False
     if not record.consent or record.status == "CONSENT_WITHDRAWN":
         return False
+    if isinstance(recogniser, Recognition):
+        return recogniser.recognised(partner, record.issuer, record.aeo_type, day)
     try:
         return recogniser.check(partner, record.issuer, record.aeo_type, day).recognised
     except QuestionError:
@@ -43,7 +67,7 @@ class DisclosureDecision:
 
 
 def decide(
-    recogniser: Recogniser,
+    recogniser: Recogniser | Recognition,
     record: Record,
     partners: list[str],
     day: date,

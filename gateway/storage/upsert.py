@@ -1,4 +1,8 @@
-"""Dialect-aware INSERT ... ON CONFLICT, the one place SQLite and PostgreSQL differ for us."""
+"""Dialect-aware INSERT ... ON CONFLICT, the one place SQLite and PostgreSQL differ for us.
+
+Both run through :mod:`gateway.storage.bulk`: the same SQL SQLAlchemy compiles, executed with
+the SQLite driver's ``executemany`` inside the caller's transaction (PostgreSQL: SQLAlchemy).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-
-def _insert(conn: AsyncConnection, table: Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+from gateway.storage.bulk import insert_mappings
 
 
 async def upsert(
@@ -24,20 +23,11 @@ async def upsert(
     update: Sequence[str],
 ) -> None:
     """Insert rows; on a key conflict overwrite the ``update`` columns."""
-    if not rows:
-        return
-    stmt = _insert(conn, table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={name: stmt.excluded[name] for name in update}
-    )
-    await conn.execute(stmt, list(rows))
+    await insert_mappings(conn, table, rows, conflict="update", keys=keys, update=update)
 
 
 async def insert_ignore(
     conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]
 ) -> None:
     """Insert rows; skip any whose key already exists (idempotent re-delivery)."""
-    if not rows:
-        return
-    stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=list(keys))
-    await conn.execute(stmt, list(rows))
+    await insert_mappings(conn, table, rows, conflict="ignore", keys=keys)
