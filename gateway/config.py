@@ -78,7 +78,7 @@ class LimitsSection:
     max_message_bytes: int = 4 * 1024 * 1024
     requests_per_second: float = 50.0
     request_burst: int = 100
-    batch_entries: int = 256
+    batch_entries: int = 2048
     publish_chunk: int = 2000
     max_publish_records: int = 1_000_000
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.records import AeoStatusRecord, Record
+from gateway.storage.bulk import insert_rows
 from gateway.storage.schema import identifiers, record_feed, records
 from gateway.storage.upsert import insert_ignore
 
@@ -61,8 +62,8 @@ async def index_records(conn: AsyncConnection, log: str, items: Sequence[Indexed
             )
     if record_rows:
         await insert_ignore(conn, records, record_rows, keys=("log", "idx"))
-        await conn.execute(
-            record_feed.insert(), [{"log": log, "idx": row["idx"]} for row in record_rows]
-        )
+        # insert_rows: the driver's executemany on SQLite (a catch-up indexes thousands of
+        # records per transaction; SQLAlchemy's per-row work cost more than SQLite's).
+        await insert_rows(conn, record_feed, ("log", "idx"), [(log, r["idx"]) for r in record_rows])
     if id_rows:
         await insert_ignore(conn, identifiers, id_rows, keys=("log", "idx", "scheme", "value"))

@@ -24,30 +24,32 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.checkpoint import Checkpoint, parse_checkpoint_body, parse_note
 from crypto.checkpoint import verify_note as verify_note_signatures
-from crypto.errors import CryptoError, VerificationError
+from crypto.errors import TileStoreError, VerificationError
 from crypto.keys import Scheme
-from crypto.merkle import Frontier, TileUpdate, leaf_hash, verify_consistency
-from gateway import codec
+from crypto.merkle import Frontier, TileId, TileUpdate, leaf_hash, verify_consistency
 from gateway.errors import GatewayError
 from gateway.exchange import Batch
 from gateway.partners import quarantine
 from gateway.record_index import IndexedEntry, index_records
 from gateway.records import Record
+from gateway.storage.bulk import insert_rows
 from gateway.storage.schema import entries, logs
 from gateway.storage.tiles import apply_tile_updates
-from gateway.trust import TrustStatement
+from gateway.trust import SigningKey, TrustStatement
 from gateway.verification import (
     EntryCheck,
+    Judged,
     apply_revocations,
-    parse_envelope,
-    verify_pending,
+    judge,
+    select_pending,
+    store_outcomes,
 )
 from registry.errors import QuestionError
 from registry.resolver import Recogniser
@@ -100,6 +102,13 @@ class UntrustedCheckpointError(GatewayError):
     kind = "key_window"
 
 
+# Notes whose signatures verified, with the statement they verified under: during a catch-up
+# every batch carries the same head checkpoint, so its Ed25519 check and parse are done once.
+# Only the signature part is remembered; revocation and the key windows are judged per call.
+_NOTES_REMEMBERED = 64
+_verified_notes: dict[str, tuple[TrustStatement, Checkpoint, tuple[SigningKey, ...]]] = {}
+
+
 def verify_note(
     note: str,
     statement: TrustStatement,
@@ -109,6 +118,20 @@ def verify_note(
 ) -> Checkpoint:
     """Step 2: a checkpoint signed by one of the partner's checkpoint keys, not revoked below
     its size and (when ``now`` is given: a checkpoint just received) inside its window."""
+    known = _verified_notes.get(note)
+    if known is not None and known[0] is statement:
+        _, cp, signed_by = known
+    else:
+        cp, signed_by = _verify_note_signatures(note, statement)
+        if len(_verified_notes) >= _NOTES_REMEMBERED:
+            _verified_notes.pop(next(iter(_verified_notes)))
+        _verified_notes[note] = (statement, cp, signed_by)
+    return _judge_note_keys(cp, signed_by, now, skew)
+
+
+def _verify_note_signatures(
+    note: str, statement: TrustStatement
+) -> tuple[Checkpoint, tuple[SigningKey, ...]]:
     try:
         parsed = parse_note(note)
     except VerificationError as error:
@@ -140,6 +163,12 @@ def verify_note(
         raise ReplicationFaultError(
             "bad_checkpoint", f"checkpoint origin {cp.origin!r} is not {origin!r}"
         )
+    return cp, tuple(signed_by)
+
+
+def _judge_note_keys(
+    cp: Checkpoint, signed_by: Sequence[SigningKey], now: datetime | None, skew: timedelta
+) -> Checkpoint:
     revoked: str | None = None
     outside: str | None = None
     for key in signed_by:
@@ -309,6 +338,111 @@ async def store_batch(conn: AsyncConnection, code: str, verified: VerifiedBatch)
     await conn.execute(update(logs).where(logs.c.code == code).values(**values))
 
 
+class ReplicaMovedError(GatewayError):
+    """The replica's head row is no longer the one the batches were verified against (another
+    writer stored batches meanwhile): nothing is stored, and the replicator reloads its state.
+    A local condition, not a fault of the partner, so it quarantines nobody."""
+
+
+def advance(state: PartnerLogState, verified: VerifiedBatch) -> PartnerLogState:
+    """The replica's state once ``verified`` is stored."""
+    return PartnerLogState(
+        state.code,
+        verified.start + len(verified.leaves),
+        verified.frontier,
+        verified.checkpoint,
+        verified.note,
+    )
+
+
+def merge_tile_updates(updates: Iterable[TileUpdate]) -> list[TileUpdate]:
+    """Consecutive updates of the same tile (from consecutive batches) as one update each."""
+    merged: dict[TileId, TileUpdate] = {}
+    for update_ in updates:
+        previous = merged.get(update_.tile_id)
+        if previous is None:
+            merged[update_.tile_id] = update_
+        elif previous.width == update_.start:
+            merged[update_.tile_id] = TileUpdate(
+                update_.tile_id, previous.start, previous.data + update_.data
+            )
+        else:
+            raise TileStoreError(
+                f"tile {update_.tile_id.level}/{update_.tile_id.index}: update at slot "
+                f"{update_.start} does not follow slot {previous.width}"
+            )
+    return list(merged.values())
+
+
+ENTRY_COLUMNS = ("log", "idx", "leaf_hash", "envelope", "sig_state", "appended_at")
+
+
+async def insert_entries(
+    conn: AsyncConnection, code: str, start: int, batches: Sequence[VerifiedBatch], now: float
+) -> None:
+    """One row per entry. On SQLite through the driver's executemany: SQLAlchemy's per-row
+    parameter processing cost more than SQLite itself on this path (same transaction: the
+    DBAPI connection is the one the caller's transaction runs on)."""
+    rows = []
+    idx = start
+    for batch in batches:
+        for leaf, envelope in zip(batch.leaves, batch.envelopes, strict=True):
+            state = "unverified" if envelope is not None else "hash_only"
+            rows.append((code, idx, leaf, envelope, state, now))
+            idx += 1
+    await insert_rows(conn, entries, ENTRY_COLUMNS, rows)
+
+
+async def store_batches(
+    conn: AsyncConnection, head: PartnerLogState, batches: Sequence[VerifiedBatch]
+) -> PartnerLogState:
+    """Store consecutive verified batches in the caller's transaction; returns the new state.
+
+    ``head`` is the stored state the first batch was verified against (the replicator keeps
+    it in memory instead of re-reading it per batch). The head row is updated first, guarded
+    by that state, which takes the row's write lock (two replicators of one partner never
+    interleave) and proves in the same transaction that nothing moved it meanwhile."""
+    code = head.code
+    state = head
+    held: str | None = None
+    for batch in batches:
+        if batch.start != state.size:
+            raise ReplicaMovedError(f"batch starts at {batch.start}, not at {state.size}")
+        state = advance(state, batch)
+        if batch.checkpoint.size == state.size:
+            held = batch.note
+    now = time.time()
+    values: dict[str, object] = {
+        "size": state.size,
+        "root": batches[-1].result_root,
+        "frontier": state.frontier.to_bytes(),
+        "checkpoint": state.checkpoint_note,
+        "checkpoint_size": batches[-1].checkpoint.size,
+        "verified_at": now,
+        "received_at": now,
+        "lock_seq": logs.c.lock_seq + 1,
+    }
+    if held is not None:
+        values.update(held_checkpoint=held, held_size=state.size)
+    result = await conn.execute(
+        update(logs)
+        .where(
+            logs.c.code == code,
+            logs.c.size == head.size,
+            logs.c.checkpoint.is_not_distinct_from(head.checkpoint_note),
+        )
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        raise ReplicaMovedError(f"replica of {code} moved away from size {head.size}")
+    if state.size > head.size:
+        await insert_entries(conn, code, head.size, batches, now)
+        await apply_tile_updates(
+            conn, code, merge_tile_updates(u for b in batches for u in b.updates)
+        )
+    return state
+
+
 def issuer_belongs(recogniser: Recogniser, partner: str, record: Record) -> bool:
     """A partner may only publish its own records (a union: its members' on their date)."""
     if record.issuer == partner:
@@ -318,6 +452,64 @@ def issuer_belongs(recogniser: Recogniser, partner: str, record: Record) -> bool
         return record.issuer in recogniser.members_on(partner, day)
     except QuestionError:
         return False
+
+
+def decode_valid(
+    code: str,
+    judged: Sequence[Judged],
+    *,
+    recogniser: Recogniser,
+    own_admin: str,
+    memo: dict[tuple[str, date], bool] | None = None,
+) -> tuple[list[EntryCheck], list[IndexedEntry]]:
+    """The decided entries' final checks (a valid signature over a payload that does not
+    parse, or a record of another issuer, makes the entry ``invalid``) and the records to
+    index. Entries still ``unverified`` are left out."""
+    final: list[EntryCheck] = []
+    indexed: list[IndexedEntry] = []
+    # Union membership is asked once per (issuer, day), not once per record; ``memo`` keeps
+    # the answers across chunks (for one recogniser).
+    belongs: dict[tuple[str, date], bool] = {} if memo is None else memo
+    for item in judged:
+        check = item.check
+        if check.state == "unverified":
+            continue
+        if check.state != "valid":
+            final.append(check)
+            continue
+        record = item.record
+        if record is None:
+            final.append(
+                EntryCheck(check.index, "invalid", f"payload does not parse: {item.decode_problem}")
+            )
+            continue
+        key = (record.issuer, record.day)
+        if key not in belongs:
+            belongs[key] = issuer_belongs(recogniser, code, record)
+        if not belongs[key]:
+            final.append(
+                EntryCheck(check.index, "invalid", f"record issuer {record.issuer} is not {code}")
+            )
+            continue
+        final.append(check)
+        disclosed = own_admin if (record.audience == (own_admin,)) else None
+        indexed.append(IndexedEntry(check.index, record, disclosed))
+    return final, indexed
+
+
+async def store_verdicts(
+    conn: AsyncConnection, code: str, checks: Sequence[EntryCheck], indexed: Sequence[IndexedEntry]
+) -> EntryCheck | None:
+    """Store entry states and index the valid records, in the caller's transaction; an invalid
+    entry quarantines the partner (returned, the first one)."""
+    await store_outcomes(conn, code, checks)
+    if indexed:
+        await index_records(conn, code, sorted(indexed, key=lambda i: i.index))
+    invalid = sorted((c for c in checks if c.state == "invalid"), key=lambda c: c.index)
+    if invalid:
+        await quarantine(conn, code, f"invalid entry {invalid[0].index}: {invalid[0].problem}")
+        return invalid[0]
+    return None
 
 
 async def verify_and_index(
@@ -334,48 +526,12 @@ async def verify_and_index(
 ) -> int:
     """Verify pending entries' signatures, index the valid ones; quarantine on an invalid one.
 
-    Returns how many entries were verified. Runs in the caller's transaction.
+    Returns how many entries were decided. Runs in the caller's transaction.
     """
     # A newer trust statement may revoke a key some held entries were verified with.
     await apply_revocations(conn, code, statement)
-    checks = await verify_pending(conn, code, statement, indices=indices, limit=limit, skew=skew)
-    valid = [c.index for c in checks if c.state == "valid"]
-    invalid = [c for c in checks if c.state == "invalid"]
-    indexed: list[IndexedEntry] = []
-    if valid:
-        rows = (
-            await conn.execute(
-                select(entries.c.idx, entries.c.envelope).where(
-                    entries.c.log == code, entries.c.idx.in_(valid)
-                )
-            )
-        ).all()
-        for row in rows:
-            message = parse_envelope(bytes(row.envelope))
-            try:
-                record = codec.decode(message.payload_type, bytes(message.payload))
-            except (GatewayError, CryptoError) as error:
-                invalid.append(
-                    EntryCheck(int(row.idx), "invalid", f"payload does not parse: {error}")
-                )
-                continue
-            if not issuer_belongs(recogniser, code, record):
-                invalid.append(
-                    EntryCheck(
-                        int(row.idx), "invalid", f"record issuer {record.issuer} is not {code}"
-                    )
-                )
-                continue
-            disclosed = own_admin if (record.audience == (own_admin,)) else None
-            indexed.append(IndexedEntry(int(row.idx), record, disclosed))
-    if indexed:
-        await index_records(conn, code, indexed)
-    if invalid:
-        bad = sorted(c.index for c in invalid)
-        await conn.execute(
-            update(entries)
-            .where(entries.c.log == code, entries.c.idx.in_(bad))
-            .values(sig_state="invalid")
-        )
-        await quarantine(conn, code, f"invalid entry {invalid[0].index}: {invalid[0].problem}")
-    return len(checks)
+    pending = await select_pending(conn, code, indices, limit)
+    judged = await judge(pending, statement, skew=skew, trust_checked_at=trust_checked_at)
+    final, indexed = decode_valid(code, judged, recogniser=recogniser, own_admin=own_admin)
+    await store_verdicts(conn, code, final, indexed)
+    return len(final)

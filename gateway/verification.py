@@ -18,19 +18,38 @@ stored in ``entries.sig_state``:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf.message import DecodeError
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crypto.envelope import pae
-from crypto.errors import VerificationError
+from gateway.records import Record
+from gateway.signatures import (
+    KeyMaterial,
+    Outcome,
+    check_chunk,
+    parse_envelope,
+    verify_envelope,
+)
 from gateway.storage.schema import entries
 from gateway.trust import TrustStatement
-from mra.v1 import envelope_pb2
+
+__all__ = [
+    "EntryCheck",
+    "Judged",
+    "PendingEntry",
+    "apply_revocations",
+    "check_entry",
+    "decide_entry",
+    "judge",
+    "key_material",
+    "parse_envelope",
+    "select_pending",
+    "store_outcomes",
+    "verify_pending",
+]
 
 
 @dataclass(frozen=True)
@@ -42,47 +61,31 @@ class EntryCheck:
     signer: str | None = None
 
 
-def parse_envelope(envelope: bytes) -> envelope_pb2.Envelope:
-    message = envelope_pb2.Envelope()
-    try:
-        message.ParseFromString(envelope)
-    except DecodeError as error:
-        raise VerificationError(f"entry is not a serialized Envelope: {error}") from error
-    if not message.signatures:
-        raise VerificationError("entry envelope carries no signature")
-    return message
+def key_material(statement: TrustStatement) -> KeyMaterial:
+    """The statement's signing keys as bytes, for :mod:`gateway.signatures` (maybe in a worker)."""
+    return tuple((k.key_id, k.public_key.to_der()) for k in statement.signing_keys)
 
 
-def check_entry(
+def decide_entry(
     index: int,
-    envelope: bytes,
+    outcome: Outcome,
     statement: TrustStatement,
     received_at: datetime | None = None,
     skew: timedelta = timedelta(0),
     *,
     unknown_is_final: bool = True,
 ) -> EntryCheck:
-    """Decide one entry's state from its exact bytes and the issuer's trust statement (and,
-    when known, the local time this node first received it).
-
-    With ``unknown_is_final`` false, an entry signed only by keys the statement does not list
-    stays ``unverified``: the issuer may have rotated and we have not fetched its newer
-    statement since the entry arrived, so calling it forged would quarantine an honest
-    partner."""
-    try:
-        message = parse_envelope(envelope)
-    except VerificationError as error:
-        return EntryCheck(index, "invalid", str(error))
-    message_bytes = pae(message.payload_type, message.payload)
+    """An entry's state from its signature results (see :func:`check_entry`)."""
+    malformed, results = outcome
+    if malformed is not None:
+        return EntryCheck(index, "invalid", malformed)
     revoked_problem: str | None = None
     early_problem: str | None = None
-    for signature in message.signatures:
-        key = statement.signing_key(signature.key_id)
-        if key is None:
+    for key_id, error in results:
+        key = statement.signing_key(key_id)
+        if key is None:  # pragma: no cover - results only name keys of the statement
             continue
-        try:
-            key.public_key.verify(signature.sig, message_bytes)
-        except VerificationError as error:
+        if error is not None:
             return EntryCheck(index, "invalid", f"entry {index}: {error}")
         if key.revoked_at_index is not None and index >= key.revoked_at_index:
             revoked_problem = (
@@ -110,6 +113,120 @@ def check_entry(
     )
 
 
+def check_entry(
+    index: int,
+    envelope: bytes,
+    statement: TrustStatement,
+    received_at: datetime | None = None,
+    skew: timedelta = timedelta(0),
+    *,
+    unknown_is_final: bool = True,
+) -> EntryCheck:
+    """Decide one entry's state from its exact bytes and the issuer's trust statement (and,
+    when known, the local time this node first received it).
+
+    With ``unknown_is_final`` false, an entry signed only by keys the statement does not list
+    stays ``unverified``: the issuer may have rotated and we have not fetched its newer
+    statement since the entry arrived, so calling it forged would quarantine an honest
+    partner."""
+    outcome = verify_envelope(key_material(statement), envelope)
+    return decide_entry(
+        index, outcome, statement, received_at, skew, unknown_is_final=unknown_is_final
+    )
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    index: int
+    envelope: bytes
+    appended_at: float
+
+
+async def select_pending(
+    conn: AsyncConnection, log: str, indices: Iterable[int] | None = None, limit: int = 5000
+) -> list[PendingEntry]:
+    """Unverified entries of ``log``: those in ``indices`` (a ``range`` is read as a range),
+    or any ``limit`` of them."""
+    query = select(entries.c.idx, entries.c.envelope, entries.c.appended_at).where(
+        entries.c.log == log, entries.c.sig_state == "unverified"
+    )
+    if isinstance(indices, range) and indices.step == 1:
+        query = query.where(entries.c.idx >= indices.start, entries.c.idx < indices.stop)
+    elif indices is not None:
+        query = query.where(entries.c.idx.in_(list(indices)))
+    # No ORDER BY: the order does not matter, and sorting by idx makes SQLite walk the primary
+    # key of a large replica instead of the (log, sig_state) index.
+    rows = (await conn.execute(query.limit(limit))).all()
+    return [PendingEntry(int(r.idx), bytes(r.envelope), float(r.appended_at)) for r in rows]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """An entry's check, with its record when its signature verified (decoded alongside) or
+    why its payload did not decode."""
+
+    check: EntryCheck
+    record: Record | None = None
+    decode_problem: str | None = None
+
+
+async def judge(
+    pending: Sequence[PendingEntry],
+    statement: TrustStatement,
+    *,
+    skew: timedelta = timedelta(0),
+    trust_checked_at: float | None = None,
+) -> list[Judged]:
+    """Every pending entry's check (``unverified`` ones included: see ``check_entry``); the
+    signatures of a large set are verified (and payloads decoded) in the worker pool."""
+    checked = await check_chunk(key_material(statement), [p.envelope for p in pending])
+    return [
+        Judged(
+            decide_entry(
+                p.index,
+                outcome,
+                statement,
+                datetime.fromtimestamp(p.appended_at, tz=UTC),
+                skew,
+                unknown_is_final=trust_checked_at is None or p.appended_at < trust_checked_at,
+            ),
+            record,
+            problem,
+        )
+        for p, (outcome, record, problem) in zip(pending, checked, strict=True)
+    ]
+
+
+OUTCOME_UPDATE_SQL = "UPDATE entries SET sig_state = ?, signer = ? WHERE log = ? AND idx = ?"
+
+
+async def store_outcomes(conn: AsyncConnection, log: str, checks: Sequence[EntryCheck]) -> None:
+    """Write decided states: one executemany, whatever the number of entries (on SQLite with
+    the driver's, in the caller's transaction: SQLAlchemy's per-row parameter work cost more
+    than the updates themselves)."""
+    decided = [c for c in checks if c.state != "unverified"]
+    if not decided:
+        return
+    if conn.dialect.name == "sqlite":
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if driver is None:  # pragma: no cover - an open connection always has one
+            raise RuntimeError("no driver connection")
+        await driver.executemany(
+            OUTCOME_UPDATE_SQL, [(c.state, c.signer, log, c.index) for c in decided]
+        )
+        return
+    await conn.execute(
+        update(entries)
+        .where(entries.c.log == bindparam("b_log"), entries.c.idx == bindparam("b_idx"))
+        .values(sig_state=bindparam("b_state"), signer=bindparam("b_signer")),
+        [
+            {"b_log": log, "b_idx": c.index, "b_state": c.state, "b_signer": c.signer}
+            for c in decided
+        ],
+    )
+
+
 async def verify_pending(
     conn: AsyncConnection,
     log: str,
@@ -124,36 +241,10 @@ async def verify_pending(
     returns the entries decided. ``trust_checked_at`` (epoch seconds): when the issuer was
     last asked for a newer statement; an entry received after that and signed by an unknown
     key is left for after the next refresh."""
-    query = select(entries.c.idx, entries.c.envelope, entries.c.appended_at).where(
-        entries.c.log == log, entries.c.sig_state == "unverified"
-    )
-    if indices is not None:
-        query = query.where(entries.c.idx.in_(list(indices)))
-    # No ORDER BY: the order does not matter, and sorting by idx makes SQLite walk the primary
-    # key of a large replica instead of the (log, sig_state) index.
-    rows = (await conn.execute(query.limit(limit))).all()
-    checks = [
-        check_entry(
-            r.idx,
-            bytes(r.envelope),
-            statement,
-            datetime.fromtimestamp(float(r.appended_at), tz=UTC),
-            skew,
-            unknown_is_final=trust_checked_at is None or float(r.appended_at) < trust_checked_at,
-        )
-        for r in rows
-    ]
-    checks = [c for c in checks if c.state != "unverified"]
-    if checks:
-        await conn.execute(
-            update(entries)
-            .where(entries.c.log == bindparam("b_log"), entries.c.idx == bindparam("b_idx"))
-            .values(sig_state=bindparam("b_state"), signer=bindparam("b_signer")),
-            [
-                {"b_log": log, "b_idx": c.index, "b_state": c.state, "b_signer": c.signer}
-                for c in checks
-            ],
-        )
+    pending = await select_pending(conn, log, indices, limit)
+    judged = await judge(pending, statement, skew=skew, trust_checked_at=trust_checked_at)
+    checks = [j.check for j in judged if j.check.state != "unverified"]
+    await store_outcomes(conn, log, checks)
     return checks
 
 
