@@ -1,4 +1,4 @@
-"""Helpers for bench/bench_gateway.py: realistic records, node homes, onboarding, RSS.
+"""Helpers for the bench scripts: realistic records, node homes, onboarding, processes, RSS.
 
 Kept apart from the benchmark script so the child processes it starts (the catch-up sink) and
 the script share the same data generator and setup code. Not a test, not product code.
@@ -6,14 +6,23 @@ the script share the same data generator and setup code. Not a test, not product
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
+import socket
 import string
+import subprocess
+import sys
+import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from gateway.node import Node, initialise_node
 from gateway.partners import add_partner, export_bundle
 from gateway.records import AeoStatusRecord, OperatorId
+from gateway.server.runtime import read_runtime
 
 #: EU member states on every date the generator uses (2014-01-01 onwards; HR joined 2013-07-01).
 MEMBER_STATES = ("DE", "FR", "NL", "IT", "ES", "BE", "PL", "AT", "SE", "IE", "HR", "CZ")
@@ -52,6 +61,9 @@ _WORDS = (
 _FORMS = ("GmbH", "AG", "SA", "SAS", "BV", "NV", "SpA", "Srl", "SL", "sp. z o.o.", "AB", "Ltd")
 
 EU_EPOCH = date(2014, 1, 1)
+
+#: The project's CLI in the same virtual environment as this interpreter.
+MRAGW = str(Path(sys.executable).with_name("mragw"))
 
 
 _STATE_TABLE = tuple(
@@ -134,3 +146,102 @@ def read_rss_kb(pid: int) -> tuple[int, int]:
             elif line.startswith("VmHWM:"):
                 hwm = int(line.split()[1])
     return rss, hwm
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all its threads) from /proc/<pid>/stat, in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        text = stat.read()
+    # The command name (field 2) may hold spaces; the fields after its closing ")" do not.
+    fields = text[text.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; a common default)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
+            low, high = (int(part) for part in ports.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that are free now and stay free until a node binds
+    them, for nodes whose trust statement must name their port before they listen (minutes
+    later, after publishing). They are taken below the ephemeral range: a port bound with 0
+    can meanwhile be handed to some outgoing connection, which made such a node fail to
+    listen. The sockets are held open together so no two are the same, then closed."""
+    low, _ = ephemeral_range()
+    rng = random.Random()
+    candidates = list(range(10_000, max(10_000 + count, low)))
+    rng.shuffle(candidates)
+    sockets: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(sockets) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        if len(sockets) < count:
+            raise RuntimeError(f"only {len(sockets)} free loopback ports below {low}")
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, grace_s: float = 30.0) -> None:
+    """SIGTERM the process we started (by its pid), then SIGKILL if it does not exit."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def mragw(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run the project's CLI from this virtual environment (exit code not checked)."""
+    return subprocess.run(
+        [MRAGW, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_healthy(home: Path, proc: subprocess.Popen[Any], limit_s: float = 120.0) -> float:
+    """Wait until ``mragw health`` says the gateway serves; returns the seconds it took. Raises
+    if the process exits or ``limit_s`` passes (readiness is the health answer, never a sleep).
+
+    Each probe starts the CLI (about a second of CPU on this machine), so probing back to
+    back would load the very start-up being waited for: the probes begin once the process
+    wrote its runtime file (a cheap file read, done when its listeners are up)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mragw serve exited with {proc.returncode} before serving")
+        info = read_runtime(home)
+        if (
+            info is not None
+            and int(info.pid) == proc.pid
+            and mragw("health", "--home", str(home), timeout=30).returncode == 0
+        ):
+            return time.perf_counter() - started
+        time.sleep(0.05)  # between cheap checks; the health probe is the readiness test
+    raise TimeoutError(f"gateway not serving after {limit_s:.0f} s")
+
+
+def write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append the rows that carry a goal to ``path`` (JSON lines) for bench/summary.py."""
+    with path.open("a", encoding="utf-8") as out:
+        for row in rows:
+            if row.get("goal"):
+                out.write(json.dumps({k: v for k, v in row.items() if k != "note"}) + "\n")
