@@ -41,7 +41,7 @@ from crypto.pki import (
     issue_server_certificate,
     load_certificate,
 )
-from gateway.audit import record_action
+from gateway.audit import AUDIT_LOCK, record_action
 from gateway.config import (
     CONFIG_FILE,
     Config,
@@ -237,6 +237,7 @@ async def initialise_node(
                 [
                     {"key": "partners", "value": 0},
                     {"key": "dataset", "value": 0},
+                    {"key": AUDIT_LOCK, "value": 0},
                 ],
             )
             await record_action(

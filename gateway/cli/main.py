@@ -17,6 +17,7 @@ def _register() -> None:
     # Imported here so each group module can import `app`-free helpers without cycles.
     from gateway.cli import (
         alerts_cmd,
+        audit_cmd,
         check_cmd,
         evidence_cmd,
         keys_cmd,
@@ -29,6 +30,7 @@ def _register() -> None:
     check_cmd.register(app)
     evidence_cmd.register(app)
     keys_cmd.register(app)
+    audit_cmd.register(app)
     app.add_typer(partner_cmd.app, name="partner")
     app.add_typer(registry_cmd.app, name="registry")
     app.add_typer(alerts_cmd.app, name="alerts")
