@@ -6,6 +6,8 @@ resolved itself (a partner resumed, say) still leaves a trace to read; clearing 
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
@@ -16,6 +18,39 @@ from gateway.audit import record_action
 from gateway.errors import InputError
 from gateway.node import Node
 from gateway.storage.schema import alerts
+
+log = logging.getLogger("mragw.alerts")
+
+#: A partner's entries are no longer applied (a fault, a forged entry, a split view).
+QUARANTINE = "quarantine"
+
+
+async def raise_alert(
+    conn: AsyncConnection, kind: str, subject: str, message: str, detail: dict[str, Any]
+) -> bool:
+    """Open an alert in the caller's transaction and log it at error level; an open alert of
+    the same kind about the same subject is not repeated. Returns whether one was opened."""
+    held = (
+        await conn.execute(
+            select(alerts.c.id).where(
+                alerts.c.kind == kind, alerts.c.subject == subject, alerts.c.cleared.is_(False)
+            )
+        )
+    ).first()
+    if held is not None:
+        return False
+    await conn.execute(
+        alerts.insert().values(
+            at=time.time(),
+            kind=kind,
+            subject=subject,
+            message=message,
+            detail=json.dumps(detail, sort_keys=True),
+            cleared=False,
+        )
+    )
+    log.error("alert %s about %s: %s", kind, subject, message)
+    return True
 
 
 async def alert_rows(conn: AsyncConnection, *, include_cleared: bool) -> list[dict[str, Any]]:

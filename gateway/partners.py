@@ -20,6 +20,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.envelope import Envelope, envelope_to_json
+from gateway.alerts import QUARANTINE, raise_alert
 from gateway.audit import record_action
 from gateway.config import parse_hostport
 from gateway.errors import InputError
@@ -320,4 +321,12 @@ async def quarantine(conn: AsyncConnection, code: str, reason: str) -> None:
     await bump(conn, "partners")
     await record_action(
         conn, "replicator", "partner.quarantine", {"partner": code, "reason": reason[:2000]}
+    )
+    # An operator must look (and `partner resume` once the cause is understood).
+    await raise_alert(
+        conn,
+        QUARANTINE,
+        code,
+        f"partner {code} quarantined: {reason[:500]}",
+        {"reason": reason[:2000]},
     )

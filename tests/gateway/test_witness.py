@@ -32,6 +32,7 @@ from crypto.checkpoint import (
 )
 from crypto.cosignature import add_cosignature, cosign, find_cosignature
 from crypto.keys import PrivateKeySigner, PublicKey, Scheme
+from gateway.alerts import QUARANTINE
 from gateway.cli.main import app as cli
 from gateway.demo_data import eu_records, jp_records, us_records
 from gateway.node import Node, now_utc
@@ -418,8 +419,13 @@ async def test_split_view_between_two_partners_quarantines_the_issuer_at_both(
                 assert verify_checkpoint(evidence["JP"], eu_key, eu.origin) == jp_cp
                 assert verify_checkpoint(evidence["US"], eu_key, eu.origin) == us_cp
                 report = await node_status(node)
-                assert [(a["kind"], a["subject"]) for a in report["alerts"]] == [(SPLIT_VIEW, "EU")]
+                # The split view, then the quarantine it caused (each its own alert).
+                assert [(a["kind"], a["subject"]) for a in report["alerts"]] == [
+                    (SPLIT_VIEW, "EU"),
+                    (QUARANTINE, "EU"),
+                ]
                 assert report["alerts"][0]["message"] == alert.message
+                assert report["alerts"][1]["message"].startswith("partner EU quarantined: split")
 
             # Idempotent: the same pair seen again raises no second alert.
             await cluster.gateways["US"].witness.round()
