@@ -90,6 +90,9 @@ class ReplicationSection:
     # How often a running gateway looks for changes made by the CLI in the database.
     poll_interval_s: float = 0.5
     verify_interval_s: float = 2.0
+    # A partner neither sending entries nor heartbeats for this long raises a "silent" alert
+    # (0: never).
+    silent_after_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,11 @@ def _validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value!r}")
+    if config.replication.silent_after_s < 0:
+        raise ConfigError(
+            "replication.silent_after_s: must not be negative (0 turns the alert off), "
+            f"got {config.replication.silent_after_s!r}"
+        )
     if config.limits.publish_chunk > 10_000:
         raise ConfigError("limits.publish_chunk: at most 10000 records per transaction")
     if config.keys.signing_algorithm not in {"ed25519", "ecdsa-p256"}:

@@ -41,6 +41,7 @@ from gateway.status import node_status
 from gateway.storage.changes import ChangeProbe
 from gateway.storage.database import ping
 from gateway.storage.schema import node_state
+from gateway.watchdog import raise_due_alerts
 from gateway.witness_gossip import WitnessGossip
 
 log = logging.getLogger("mragw.serve")
@@ -48,6 +49,8 @@ log = logging.getLogger("mragw.serve")
 KEY_SCHEDULE_PERIOD_S = 1.0
 #: Longest the key schedule goes without reading the trust statement.
 KEY_SCHEDULE_RECHECK_S = 60.0
+#: Seconds between looks for expiring keys, certificates, statements and silent partners.
+ALERT_CHECK_PERIOD_S = 60.0
 DISCLOSURE_PERIOD_S = 24 * 3600.0
 
 
@@ -89,6 +92,7 @@ class Gateway:
                 "replication": self.replication.run,
                 "disclosure": self.disclosure_job,
                 "key-schedule": self.key_schedule_job,
+                "alerts": self.alert_job,
                 "drain-follower": self._follow_draining,
                 "witness": self.witness.run,
             },
@@ -196,6 +200,16 @@ class Gateway:
                 await asyncio.sleep(KEY_SCHEDULE_PERIOD_S)
         finally:
             probe.close()
+
+    async def alert_job(self) -> None:
+        """Open the alerts that are due (expiry within the warning period, silent partners):
+        at start, then every ALERT_CHECK_PERIOD_S (days-ahead warnings need no more)."""
+        while True:
+            try:
+                await raise_due_alerts(self.node)
+            except Exception:  # retried next round; a failure must not stop the gateway
+                log.exception("checking for due alerts failed")
+            await asyncio.sleep(ALERT_CHECK_PERIOD_S)
 
     async def _next_key_boundary(self) -> float:
         """When the set of keys that may sign next changes: the nearest future start or end of
