@@ -36,6 +36,7 @@ from gateway.server.tls import partner_channel
 from gateway.services.admin_service import AdminServicer
 from gateway.services.exchange_service import ExchangeServicer
 from gateway.services.query_service import QueryServicer
+from gateway.signatures import close_verifier_pool
 from gateway.signing_pool import close_shared_pool
 from gateway.status import node_status
 from gateway.storage.changes import ChangeProbe
@@ -241,8 +242,9 @@ class Gateway:
             await self.server.run()
         finally:
             self.checker.close()
-            # Signing workers (started by a large publish) stop with the server, not at exit.
+            # Signing and verification workers stop with the server, not at interpreter exit.
             close_shared_pool()
+            close_verifier_pool()
 
 
 async def run_gateway(home: Path, overrides: Mapping[str, str]) -> None:

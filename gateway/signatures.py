@@ -110,7 +110,8 @@ _pool: ProcessPoolExecutor | None = None
 _workers = 1
 
 
-def _shutdown_pool() -> None:
+def close_verifier_pool() -> None:
+    """Stop the verification workers, if any (idempotent; also registered with atexit)."""
     global _pool  # noqa: PLW0603 - the one process-wide pool
     if _pool is not None:
         _pool.shutdown(wait=False, cancel_futures=True)
@@ -135,7 +136,7 @@ def _get_pool() -> ProcessPoolExecutor:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_background_priority,
         )
-        atexit.register(_shutdown_pool)
+        atexit.register(close_verifier_pool)
     return _pool
 
 
@@ -157,6 +158,6 @@ async def check_chunk(keys: KeyMaterial, envelopes: Sequence[bytes]) -> list[Che
     except (OSError, RuntimeError):
         # No pool (a broken worker, or the interpreter shutting down): the answer must not
         # depend on where it is computed, so compute it here.
-        _shutdown_pool()
+        close_verifier_pool()
         return check_envelopes(keys, envelopes)
     return [outcome for part in parts_done for outcome in part]
