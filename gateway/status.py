@@ -23,6 +23,11 @@ Connectivity = Callable[[str], bool]
 TrustProblems = Callable[[str], str | None]
 
 
+def metrics_url(http_url: str | None) -> str | None:
+    """Where Prometheus scrapes a running gateway (its HTTP listener's ``/metrics``)."""
+    return f"{http_url.rstrip('/')}/metrics" if http_url else None
+
+
 def trust_state(node: Node, statement: TrustStatement) -> dict[str, Any]:
     state = node.trust_expiry(statement)
     return {
@@ -118,4 +123,5 @@ async def node_status(
         "alerts": alerts,
     }
     report["http_url"] = http_url
+    report["metrics_url"] = metrics_url(http_url)
     return report

@@ -19,6 +19,7 @@ from gateway.node import Node
 from gateway.records import Record, RecordInputError
 from gateway.server.runtime import read_runtime
 from gateway.server.tls import local_channel
+from gateway.status import metrics_url
 from mra.v1 import admin_pb2, admin_pb2_grpc
 
 RPC_TIMEOUT_S = 30.0
@@ -150,6 +151,7 @@ async def running_status(node: Node, target: str | None) -> dict[str, Any] | Non
             for a in response.alerts
         ],
         "http_url": response.http_url or None,
+        "metrics_url": metrics_url(response.http_url or None),
     }
 
 

@@ -57,6 +57,7 @@ def test_init_creates_a_node_with_private_keys_0600(tmp_path: Path) -> None:
         "partners": [],
         "alerts": [],
         "http_url": None,
+        "metrics_url": None,  # no gateway running
     }
 
 
