@@ -70,10 +70,18 @@ REFLECTION_SERVICES = frozenset(
 # Services any authenticated local caller may use, whatever its role.
 OPEN_LOCAL_SERVICES = frozenset({HEALTH_SERVICE, *REFLECTION_SERVICES})
 ALL_SERVICES = "*"
-# role -> services it may call. Unknown roles get only OPEN_LOCAL_SERVICES (fail closed).
+_QUERY = "mra.v1.QueryService"
+# role -> what it may call: a whole service ("pkg.Service") or one method
+# ("pkg.Service/Method"). Unknown roles get only OPEN_LOCAL_SERVICES (fail closed).
 DEFAULT_ROLES: Mapping[str, frozenset[str]] = {
     "admin": frozenset({ALL_SERVICES}),
-    "query": frozenset({"mra.v1.QueryService"}),
+    # A risk engine asks whether operators are recognised and follows changes.
+    "risk-engine": frozenset({f"{_QUERY}/Check", f"{_QUERY}/CheckMany", f"{_QUERY}/Watch"}),
+    # Another government agency of the same country (SAFE Framework 2021: customs-agency
+    # cooperation): one question at a time, and the change feed; no bulk CheckMany.
+    "agency": frozenset({f"{_QUERY}/Check", f"{_QUERY}/Watch"}),
+    # The first read-only role, kept for certificates already issued: all of QueryService.
+    "query": frozenset({_QUERY}),
 }
 
 NOT_A_PINNED_PARTNER = (
@@ -314,12 +322,12 @@ def authorise_local(
     if service in OPEN_LOCAL_SERVICES:
         return
     allowed = roles.get(peer.role, frozenset())
-    if ALL_SERVICES in allowed or service in allowed:
+    if ALL_SERVICES in allowed or service in allowed or method.lstrip("/") in allowed:
         return
     raise PeerRejectedError(
         grpc.StatusCode.PERMISSION_DENIED,
         "permission_denied",
-        f"role {peer.role!r} may not call {service}",
+        f"role {peer.role!r} may not call {method.lstrip('/')}",
     )
 
 

@@ -253,6 +253,26 @@ async def test_query_role_may_check_but_not_administer(node: Node, gateway: Gate
     assert gateway.metrics.rpc_rejected.value("admin", "permission_denied", "") == 1
 
 
+async def test_agency_may_check_one_at_a_time_but_not_in_bulk(
+    node: Node, gateway: GatewayServer
+) -> None:
+    """The agency role is per method: Check yes, CheckMany (the same service) no."""
+    async with dial_admin(gateway, own_local_identity(node, "agency")) as channel:
+        stub = query_pb2_grpc.QueryServiceStub(channel)
+        call = stub.Check(query_pb2.CheckRequest(operator_id="X", issuer="US"), timeout=5)
+        await call
+        assert await peer_of(call) == "agency"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CheckMany(
+                query_pb2.CheckManyRequest(
+                    checks=[query_pb2.CheckRequest(operator_id="X", issuer="US")]
+                ),
+                timeout=5,
+            )
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "mra.v1.QueryService/CheckMany" in (caught.value.details() or "")
+
+
 async def test_unknown_role_and_roleless_certificates_are_refused(
     node: Node, gateway: GatewayServer
 ) -> None:
@@ -377,6 +397,18 @@ def test_authorise_partner_reads_the_current_flags() -> None:
         ("query", "/grpc.health.v1.Health/Check", True),
         ("risk", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True),
         ("risk", "/mra.v1.QueryService/Check", False),
+        ("risk-engine", "/mra.v1.QueryService/Check", True),
+        ("risk-engine", "/mra.v1.QueryService/CheckMany", True),
+        ("risk-engine", "/mra.v1.QueryService/Watch", True),
+        ("risk-engine", "/mra.v1.AdminService/GetStatus", False),
+        ("risk-engine", "/mra.v1.AdminService/Publish", False),
+        ("agency", "/mra.v1.QueryService/Check", True),
+        ("agency", "/mra.v1.QueryService/Watch", True),
+        ("agency", "/mra.v1.QueryService/CheckMany", False),
+        ("agency", "/mra.v1.AdminService/Publish", False),
+        ("agency", "/grpc.health.v1.Health/Check", True),
+        # A method name is matched whole: a prefix of an allowed one is not allowed.
+        ("agency", "/mra.v1.QueryService/Chec", False),
     ],
 )
 def test_role_table(role: str, method: str, allowed: bool) -> None:
