@@ -39,6 +39,16 @@ async def raise_alert(
     ).first()
     if held is not None:
         return False
+    await open_alert(conn, kind, subject, message, detail)
+    return True
+
+
+async def open_alert(
+    conn: AsyncConnection, kind: str, subject: str, message: str, detail: dict[str, Any]
+) -> None:
+    """Open an alert in the caller's transaction and log it at error level (the caller has
+    decided it is not a repeat: by kind and subject in :func:`raise_alert`, by the pair of
+    checkpoints for a split view)."""
     await conn.execute(
         alerts.insert().values(
             at=time.time(),
@@ -50,7 +60,6 @@ async def raise_alert(
         )
     )
     log.error("alert %s about %s: %s", kind, subject, message)
-    return True
 
 
 async def alert_rows(conn: AsyncConnection, *, include_cleared: bool) -> list[dict[str, Any]]:

@@ -375,13 +375,8 @@ class Checker:
         self.max_questions = max_questions
         self.gap_timeout = gap_timeout
         self._wake = asyncio.Event()
-        self._memo: dict[
-            str,
-            tuple[
-                _RegistryMemo,
-                _MembersMemo,
-            ],
-        ] = {}
+        # (dataset version, its registry answers, its union memberships): see _memo_for.
+        self._memo: tuple[str, _RegistryMemo, _MembersMemo] = ("", {}, {})
 
     @classmethod
     def for_node(cls, node: Node, **options: Any) -> Checker:
@@ -417,19 +412,18 @@ class Checker:
             return []
         return await self._answer(questions, positions=True)
 
-    def _memo_for(
-        self, recogniser: Recogniser
-    ) -> tuple[
-        _RegistryMemo,
-        _MembersMemo,
-    ]:
+    def _memo_for(self, recogniser: Recogniser) -> tuple[_RegistryMemo, _MembersMemo]:
         """Registry answers and union memberships already worked out with this dataset: they
         depend only on the dataset and the question's date, and asking the registry again
         was a fifth of a ``Check``. Dropped when the dataset changes or the memo grows big."""
-        registry, members = self._memo.get(recogniser.version, ({}, {}))
-        if len(registry) > _MEMO_LIMIT or len(members) > _MEMO_LIMIT:
+        version, registry, members = self._memo
+        if (
+            version != recogniser.version
+            or len(registry) > _MEMO_LIMIT
+            or len(members) > _MEMO_LIMIT
+        ):
             registry, members = {}, {}
-        self._memo = {recogniser.version: (registry, members)}
+            self._memo = (recogniser.version, registry, members)
         return registry, members
 
     def close(self) -> None:

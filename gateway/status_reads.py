@@ -323,19 +323,21 @@ class SqliteSnapshots:
         """One read transaction; the connection goes back to this thread's idle list."""
         idle: list[sqlite3.Connection] = self._idle.__dict__.setdefault("connections", [])
         db = idle.pop() if idle else self._open()
+        # Reused only once its transaction ended cleanly: a bad question raised inside the
+        # snapshot leaves a healthy connection; a failed BEGIN or ROLLBACK does not.
+        ended = False
         try:
             db.execute("BEGIN")
             try:
                 yield SqliteReads(db)
             finally:
                 db.execute("ROLLBACK")
-        except BaseException:
-            db.close()
-            raise
-        if len(idle) < _IDLE_CONNECTIONS:
-            idle.append(db)
-        else:
-            db.close()
+                ended = True
+        finally:
+            if ended and len(idle) < _IDLE_CONNECTIONS:
+                idle.append(db)
+            else:
+                db.close()
 
     def close(self) -> None:
         """Close the calling thread's idle connections (others close with their thread)."""

@@ -55,6 +55,7 @@ from crypto.cosignature import Cosignature, add_cosignature, cosign, find_cosign
 from crypto.errors import CryptoError, VerificationError
 from crypto.keys import PublicKey, Scheme
 from crypto.merkle import verify_consistency
+from gateway.alerts import open_alert
 from gateway.errors import CheckFailedError, InputError
 from gateway.node import Node, now_utc
 from gateway.partners import UnknownPartnerError, partner_statement, quarantine
@@ -639,23 +640,13 @@ async def _split_view(
             for s in (first, second)
         ],
     }
-    await conn.execute(
-        alerts.insert().values(
-            at=time.time(),
-            kind=SPLIT_VIEW,
-            subject=log_code,
-            message=message,
-            detail=json.dumps(detail, sort_keys=True),
-            cleared=False,
-        )
-    )
+    await open_alert(conn, SPLIT_VIEW, log_code, message, detail)
     if not own:
         quarantined = (
             await conn.execute(select(partners.c.quarantined).where(partners.c.code == log_code))
         ).scalar()
         if quarantined is False:
             await quarantine(conn, log_code, message)
-    log.error("%s", message)
     outcome.split_views.append(SplitView(log_code, message))
 
 

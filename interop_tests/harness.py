@@ -237,16 +237,8 @@ class Host:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
+        if self.proc is not None:
+            _end(self.proc, grace=10.0)
 
     def restart(self) -> None:
         """Start again with the same command (after a kill or stop) and wait until healthy."""
@@ -570,13 +562,13 @@ def _log_size(host: Host) -> int:
     return int(host.status()["log_size"])
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate, then kill, a process group this harness started."""
+def _end(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Terminate, then kill after ``grace`` seconds, a process group this harness started."""
     if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
+        proc.wait(timeout=grace)
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:

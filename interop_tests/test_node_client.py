@@ -291,8 +291,8 @@ async def test_a_bad_question_is_invalid_argument_naming_the_value(
         )
 
 
-async def subscribe_as_jp(node_bin: str, cluster: Cluster, *args: str) -> Run:
-    jp_tls = cluster.node("JP").config.home / "tls"
+async def subscribe_to_eu(node_bin: str, cluster: Cluster, tls: Path, name: str, *args: str) -> Run:
+    """The Node client subscribing to EU with the certificate ``tls/<name>.pem``."""
     return await run(
         node_bin,
         str(CLIENT),
@@ -302,12 +302,18 @@ async def subscribe_as_jp(node_bin: str, cluster: Cluster, *args: str) -> Run:
         "--ca",
         str(cluster.node("EU").config.home / "tls" / "ca.pem"),
         "--cert",
-        str(jp_tls / "node.pem"),
+        str(tls / f"{name}.pem"),
         "--key",
-        str(jp_tls / "node.key"),
+        str(tls / f"{name}.key"),
         "--server-code",
         "EU",
         *args,
+    )
+
+
+async def subscribe_as_jp(node_bin: str, cluster: Cluster, *args: str) -> Run:
+    return await subscribe_to_eu(
+        node_bin, cluster, cluster.node("JP").config.home / "tls", "node", *args
     )
 
 
@@ -412,24 +418,9 @@ async def test_subscribe_live_tail_delivers_a_record_published_while_streaming(
 async def test_subscribe_without_a_partner_identity_learns_nothing(
     node_bin: str, cluster: Cluster
 ) -> None:
-    eu_ca = str(cluster.node("EU").config.home / "tls" / "ca.pem")
 
     async def subscribe_with(tls: Path, name: str) -> Run:
-        return await run(
-            node_bin,
-            str(CLIENT),
-            "subscribe",
-            "--target",
-            cluster.endpoints["EU"],
-            "--ca",
-            eu_ca,
-            "--cert",
-            str(tls / f"{name}.pem"),
-            "--key",
-            str(tls / f"{name}.key"),
-            "--server-code",
-            "EU",
-        )
+        return await subscribe_to_eu(node_bin, cluster, tls, name)
 
     # A real administration's node certificate that EU never pinned: no TLS handshake.
     await cluster.add("US")

@@ -133,6 +133,16 @@ def _wrap(error: sqlite3.Error, sql: str) -> sa_exc.DBAPIError:
     return wrapped
 
 
+async def _fetch_all(driver: Any, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` in one thread hop (execute and fetch in aiosqlite's worker); a driver
+    error becomes the SQLAlchemy exception callers expect."""
+    try:
+        rows = await driver.execute_fetchall(sql, params)
+    except sqlite3.Error as error:
+        raise _wrap(error, sql) from error
+    return [tuple(r) for r in rows]
+
+
 async def insert_rows(
     conn: AsyncConnection,
     table: Table,
@@ -257,12 +267,7 @@ async def select_in(
             f'SELECT {names} FROM "{table.name}" '  # noqa: S608
             f'WHERE "{table.c[in_column].name}" IN ({",".join("?" * len(part))}){filters}'
         )
-        try:
-            # One thread hop: execute and fetch in aiosqlite's worker.
-            rows = await driver.execute_fetchall(sql, [*part, *conditions.values()])
-        except sqlite3.Error as error:
-            raise _wrap(error, sql) from error
-        out.extend(tuple(r) for r in rows)
+        out.extend(await _fetch_all(driver, sql, [*part, *conditions.values()]))
     return out
 
 
@@ -319,11 +324,7 @@ async def select_by_groups(
         )
         sql = f'SELECT {names} FROM "{table.name}" WHERE {where}'  # noqa: S608
         params = [p for key, values in batch for p in (*key, *values)]
-        try:
-            rows = await driver.execute_fetchall(sql, params)
-        except sqlite3.Error as error:
-            raise _wrap(error, sql) from error
-        out.extend(tuple(r) for r in rows)
+        out.extend(await _fetch_all(driver, sql, params))
     return out
 
 

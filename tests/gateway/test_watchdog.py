@@ -8,28 +8,16 @@ from pathlib import Path
 from sqlalchemy import update
 
 from gateway.alerts import alert_rows
-from gateway.node import Node, initialise_node
+from gateway.node import Node
 from gateway.partners import add_partner, export_bundle
 from gateway.storage.schema import alerts, partners
 from gateway.watchdog import CERTIFICATE_EXPIRY, SILENT, TRUST_EXPIRY, raise_due_alerts
-
-
-async def make(home: Path, admin: str, *, create: bool = True, **env: str) -> Node:
-    if create:
-        await initialise_node(
-            admin=admin,
-            home=home,
-            listen="127.0.0.1:0",
-            admin_listen="127.0.0.1:0",
-            http_listen="127.0.0.1:0",
-            db_url="",
-        )
-    return Node.open(home, environ={f"MRAGW_{k}": v for k, v in env.items()})
+from tests.gateway.test_server_support import make_node
 
 
 async def jp_pinning_eu(tmp_path: Path, **env: str) -> Node:
-    eu = await make(tmp_path / "eu", "EU")
-    jp = await make(tmp_path / "jp", "JP", **env)
+    eu = await make_node(tmp_path, "EU")
+    jp = await make_node(tmp_path, "JP", **{f"MRAGW_{k}": v for k, v in env.items()})
     try:
         bundle, fingerprint = await export_bundle(eu)
         await add_partner(jp, bundle, fingerprint, actor="test")
@@ -83,7 +71,7 @@ async def test_a_silent_partner_alerts_unless_suspended_or_disabled(tmp_path: Pa
         assert await raise_due_alerts(jp) == [(SILENT, "EU")]
     finally:
         await jp.close()
-    off = await make(tmp_path / "jp", "JP", create=False, REPLICATION__SILENT_AFTER_S="0")
+    off = Node.open(tmp_path / "jp", environ={"MRAGW_REPLICATION__SILENT_AFTER_S": "0"})
     try:
         async with off.engine.begin() as conn:
             await conn.execute(update(partners).values(added_at=time.time() - 10**6))
