@@ -93,6 +93,12 @@ def test_environment_overrides_a_key(tmp_path: Path) -> None:
             id="chunk-too-large",
         ),
         pytest.param(
+            {"node": {"admin": "JP"}, "replication": {"silent_after_s": -1.0}},
+            {},
+            "replication.silent_after_s",
+            id="negative-silent-after",
+        ),
+        pytest.param(
             {"node": {"admin": "JP"}, "limits": {"batch_entries": True}},
             {},
             "limits.batch_entries",
