@@ -13,6 +13,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -183,6 +184,10 @@ class TrustExpiredError(GatewayError):
     """The partner's newest trust statement expired longer ago than the grace period."""
 
 
+# Faults kept per partner for the status page.
+RECENT_FAULTS = 20
+
+
 @dataclass
 class ReplicatorStatus:
     connected: bool = False
@@ -197,7 +202,16 @@ class ReplicatorStatus:
     trust_state: str | None = None
     trust_message: str | None = None
     trust_rejected: str | None = None
+    # The newest faults, (unix time, kind, message), oldest first: the status page's "recent
+    # rejections". Bounded, so a partner failing in a loop cannot grow it.
+    recent_faults: deque[tuple[float, str, str]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_FAULTS)
+    )
 
+    def record_fault(self, kind: str, message: str) -> None:
+        """Count a fault of ``kind`` and keep it among the recent ones."""
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+        self.recent_faults.append((time.time(), kind, message[:500]))
 
 # Verified batches waiting to be stored, at most: beyond that the receive path stops reading
 # the stream, so gRPC flow control holds the partner back (bounded memory).
@@ -686,9 +700,7 @@ class Replicator:
                             {"partner": self.code, "problem": str(error)[:2000]},
                         )
                 self.status.trust_rejected = str(error)
-                self.status.faults["trust_update_rejected"] = (
-                    self.status.faults.get("trust_update_rejected", 0) + 1
-                )
+                self.status.record_fault("trust_update_rejected", str(error))
                 log.warning("refused a trust statement update from %s: %s", self.code, error)
             else:
                 if accepted is not None:
@@ -814,12 +826,12 @@ class Replicator:
                         self._transport = None
             except PartnerQuarantinedError as error:
                 self.status.connected = False
-                self.status.faults["invalid_entry"] = self.status.faults.get("invalid_entry", 0) + 1
+                self.status.record_fault("invalid_entry", str(error))
                 log.warning("partner %s quarantined: %s", self.code, error)
                 return "quarantined"
             except ReplicationFaultError as fault:
                 self.status.connected = False
-                self.status.faults[fault.kind] = self.status.faults.get(fault.kind, 0) + 1
+                self.status.record_fault(fault.kind, str(fault))
                 log.warning("partner %s quarantined: %s", self.code, fault)
                 async with self.node.engine.begin() as conn:
                     await quarantine(conn, self.code, str(fault))
@@ -830,7 +842,7 @@ class Replicator:
                 self.status.connected = False
                 self.status.last_error = str(error)
                 kind = "trust_expired" if isinstance(error, TrustExpiredError) else "key_window"
-                self.status.faults[kind] = self.status.faults.get(kind, 0) + 1
+                self.status.record_fault(kind, str(error))
                 log.warning("not replicating %s: %s", self.code, error)
             except grpc.aio.AioRpcError as error:
                 self.status.last_error = f"{error.code().name}: {error.details()}"

@@ -18,12 +18,15 @@ def _register() -> None:
     from gateway.cli import (
         alerts_cmd,
         audit_cmd,
+        backup_cmd,
         check_cmd,
+        clients_cmd,
         evidence_cmd,
         keys_cmd,
         node_cmd,
         partner_cmd,
         registry_cmd,
+        retention_cmd,
     )
 
     node_cmd.register(app)
@@ -31,9 +34,13 @@ def _register() -> None:
     evidence_cmd.register(app)
     keys_cmd.register(app)
     audit_cmd.register(app)
+    retention_cmd.register(app)
+    backup_cmd.register(app)
     app.add_typer(partner_cmd.app, name="partner")
     app.add_typer(registry_cmd.app, name="registry")
     app.add_typer(alerts_cmd.app, name="alerts")
+    app.add_typer(clients_cmd.app, name="clients")
+    app.add_typer(backup_cmd.db_app, name="db")
 
 
 _register()
