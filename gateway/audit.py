@@ -5,26 +5,43 @@ Invariant: row n stores ``hash = SHA-256(prev_hash || canonical JSON of its fiel
 audit lock (the ``audit`` row of ``node_state``, bumped in the caller's transaction), then reads
 the newest row: two transactions appending at once are serialised (PostgreSQL's row lock, SQLite's
 write lock), so each links to the other's row instead of both to the same one (a fork).
+
+Operators named in audited questions (checks by an ``agency`` client) are never written in
+clear: the trail is append-only while an operator may ask for erasure. The row holds
+:func:`operator_digest`, an HMAC-SHA256 of the normalised identifier under a per-node secret
+(``keys/audit-operator.key``, 0600), which ``mragw audit --operator`` recomputes to find the
+rows about one operator (docs/adr/0010-local-clients-and-agency-audit.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
+import os
+import re
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.errors import InputError
 from gateway.storage.schema import audit, node_state
 from gateway.storage.upsert import insert_ignore
 
 GENESIS = bytes(32)
 #: The ``node_state`` key whose row serialises appends to the chain.
 AUDIT_LOCK = "audit"
+#: The per-node HMAC secret for operator identifiers, in the node's ``keys/`` folder.
+OPERATOR_KEY_FILE = "audit-operator.key"
+_OPERATOR_KEY_BYTES = 32
+_HEX_KEY = re.compile(rb"[0-9a-f]{64}\n?")
 
 
 def _row_hash(prev: bytes, at: float, actor: str, action: str, detail: str) -> bytes:
@@ -92,9 +109,15 @@ async def verify_audit_chain(conn: AsyncConnection) -> AuditCheck:
     return AuditCheck(count, None, None)
 
 
-async def audit_rows(conn: AsyncConnection, *, last: int | None = None) -> list[dict[str, Any]]:
-    """The trail, oldest first (only the newest ``last`` rows when given)."""
+async def audit_rows(
+    conn: AsyncConnection, *, last: int | None = None, mentioning: str | None = None
+) -> list[dict[str, Any]]:
+    """The trail, oldest first (only the newest ``last`` rows when given); with
+    ``mentioning``, only rows whose detail contains that text (an operator digest: 64 hex
+    digits cannot occur in a row by accident)."""
     stmt = select(audit.c.id, audit.c.at, audit.c.actor, audit.c.action, audit.c.detail)
+    if mentioning is not None:
+        stmt = stmt.where(audit.c.detail.contains(mentioning, autoescape=True))
     if last is not None:
         stmt = stmt.order_by(audit.c.id.desc()).limit(last)
     rows = sorted((await conn.execute(stmt)).all(), key=lambda r: int(r.id))
@@ -116,3 +139,63 @@ def _detail(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+# --- operator identifiers under a keyed hash ------------------------------------------------
+
+
+def normalise_operator_id(operator_id: str) -> str:
+    """The form a question's identifier is matched in (as the Checker does): no white space,
+    upper case. The same identifier typed differently hashes the same."""
+    return re.sub(r"\s+", "", operator_id).upper()
+
+
+def operator_digest(key: bytes, operator_id: str) -> str:
+    """HMAC-SHA256 of the normalised identifier under the node's secret, lowercase hex."""
+    message = normalise_operator_id(operator_id).encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def operator_key_id(key: bytes) -> str:
+    """A short name of the secret, stored with each digest: a row hashed under another key
+    (a different home, a replaced file) is then recognisable, the secret itself stays hidden."""
+    return hashlib.sha256(b"mragw audit operator key\x00" + key).hexdigest()[:16]
+
+
+def read_operator_key(path: Path) -> bytes | None:
+    """The secret in ``path`` (None when there is no such file)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if not _HEX_KEY.fullmatch(data):
+        raise InputError(f"{path}: not an audit operator key (64 lowercase hex digits)")
+    return bytes.fromhex(data[:64].decode("ascii"))
+
+
+def operator_key(path: Path) -> bytes:
+    """The secret in ``path``, created (mode 0600) on first use.
+
+    Two processes creating it at once agree on one: each writes a private temporary file and
+    hard-links it into place, which fails for the second, who then reads the first's."""
+    found = read_operator_key(path)
+    if found is not None:
+        return found
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # the umask may remove bits, never add: pin it
+            handle.write(secrets.token_bytes(_OPERATOR_KEY_BYTES).hex().encode("ascii") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    created = read_operator_key(path)
+    if created is None:  # pragma: no cover - removed between link and read
+        raise InputError(f"{path}: the audit operator key vanished while being created")
+    return created

@@ -12,7 +12,9 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import re
 import secrets
 from typing import Any
 
@@ -22,6 +24,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from gateway.errors import InputError
 from gateway.records import (
     AeoStatusRecord,
+    ErasedEntry,
+    ErasureNotice,
     OperatorId,
     Record,
     RecordInputError,
@@ -40,6 +44,10 @@ def _payload_type(message: Any) -> str:
 
 AEO_STATUS_TYPE = _payload_type(records_pb2.AeoStatus)
 VALIDATION_OUTCOME_TYPE = _payload_type(records_pb2.ValidationOutcome)
+ERASURE_NOTICE_TYPE = _payload_type(records_pb2.ErasureNotice)
+#: Entries one erasure notice names at most: about 40 bytes each keeps a notice far below
+#: MAX_PAYLOAD_BYTES; an erasure of more entries appends several notices.
+MAX_ERASED_PER_NOTICE = 1000
 
 _SCHEME = {
     name: getattr(records_pb2, f"OPERATOR_ID_SCHEME_{name}")
@@ -213,15 +221,92 @@ def decode(payload_type: str, payload: bytes) -> Record:
     return record
 
 
+_NOTICE_ISSUER = re.compile(r"[A-Z]{2,8}")
+_NOTICE_TEXT_MAX = 256
+
+
+def encode_notice(notice: ErasureNotice, salt: bytes) -> bytes:
+    """The payload of an erasure notice entry (deterministic serialisation)."""
+    message = records_pb2.ErasureNotice(
+        issuer=notice.issuer,
+        lawful_basis=notice.lawful_basis,
+        reference=notice.reference,
+        date=notice.date.isoformat(),
+        salt=salt,
+    )
+    for entry in notice.entries:
+        message.entries.add(leaf_index=entry.leaf_index, leaf_hash=entry.leaf_hash)
+    return bytes(message.SerializeToString(deterministic=True))
+
+
+def _notice_text(name: str, value: str, *, required: bool) -> str:
+    if required and not value.strip():
+        raise PayloadError(f"{ERASURE_NOTICE_TYPE}: {name} is required")
+    if len(value) > _NOTICE_TEXT_MAX:
+        raise PayloadError(f"{ERASURE_NOTICE_TYPE}: {name} longer than {_NOTICE_TEXT_MAX}")
+    if any(ord(c) < 32 for c in value):
+        raise PayloadError(f"{ERASURE_NOTICE_TYPE}: {name} contains control characters")
+    return value
+
+
+def decode_notice(payload: bytes) -> ErasureNotice:
+    """Parse and validate an erasure notice payload (call only after its signature verified).
+
+    Whether the named entries exist, sit below the notice and carry the named leaf hashes is
+    judged against the log by :mod:`gateway.erasure`; this checks the message on its own."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    message = records_pb2.ErasureNotice()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as error:
+        raise PayloadError(f"{ERASURE_NOTICE_TYPE}: malformed protobuf: {error}") from error
+    where = ERASURE_NOTICE_TYPE
+    if len(UnknownFieldSet(message)):
+        raise PayloadError(f"{where}: carries fields this version does not know")
+    if len(message.salt) < SALT_BYTES or len(message.salt) > 32:
+        raise PayloadError(f"{where}: salt is not 16 to 32 bytes")
+    if not _NOTICE_ISSUER.fullmatch(message.issuer):
+        raise PayloadError(f"{where}: issuer {message.issuer!r} is not an administration code")
+    if not message.entries:
+        raise PayloadError(f"{where}: names no entry")
+    if len(message.entries) > MAX_ERASED_PER_NOTICE:
+        raise PayloadError(f"{where}: names more than {MAX_ERASED_PER_NOTICE} entries")
+    named: list[ErasedEntry] = []
+    for entry in message.entries:
+        if len(entry.leaf_hash) != 32:
+            raise PayloadError(f"{where}: entry {entry.leaf_index}: leaf hash is not 32 bytes")
+        named.append(ErasedEntry(int(entry.leaf_index), bytes(entry.leaf_hash)))
+    if len({e.leaf_index for e in named}) != len(named):
+        raise PayloadError(f"{where}: names an entry twice")
+    try:
+        day = datetime.date.fromisoformat(message.date)
+    except ValueError as error:
+        raise PayloadError(f"{where}: date {message.date!r} is not YYYY-MM-DD") from error
+    if len(message.date) != 10:
+        raise PayloadError(f"{where}: date {message.date!r} is not YYYY-MM-DD")
+    return ErasureNotice(
+        issuer=message.issuer,
+        entries=tuple(sorted(named)),
+        lawful_basis=_notice_text("lawful_basis", message.lawful_basis, required=True),
+        reference=_notice_text("reference", message.reference, required=False),
+        date=day,
+    )
+
+
 __all__ = [
     "AEO_STATUS_TYPE",
+    "ERASURE_NOTICE_TYPE",
+    "MAX_ERASED_PER_NOTICE",
     "VALIDATION_OUTCOME_TYPE",
     "AeoStatusRecord",
     "PayloadError",
     "ValidationOutcomeRecord",
     "content_digest",
     "decode",
+    "decode_notice",
     "encode",
+    "encode_notice",
     "encode_with_digest",
     "new_salt",
     "new_salts",

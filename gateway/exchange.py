@@ -6,7 +6,14 @@ Invariants:
   recompute every root, so nothing can be withheld or rewritten unnoticed.
 - Every batch ends at a size s and carries the latest checkpoint (size S >= s) and a
   consistency proof from s to S, so the receiver verifies and commits each batch on its own.
-- Entries below the head are immutable, so batches read outside the append lock are stable.
+- Leaf hashes below the head are immutable, so batches read outside the append lock are
+  stable. Envelopes are not: retention and erasure (gateway.retention, gateway.erasure) set
+  them to NULL, and from then on such an entry is served as its leaf hash only, to every
+  partner. The wire format needs nothing new for it (``LogEntry.leaf_hash`` already covers
+  "erased or pruned"), and a receiver cannot tell it from an entry it is not entitled to, by
+  design: an erasure must not tell a partner that never saw an entry that it was about
+  someone. A batch read just before an erasure may still carry the envelope; the partner
+  receives the erasure notice right after and erases it.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.checkpoint import Checkpoint, ed25519_key_hint, parse_note
 from crypto.keys import PrivateKeySigner
-from crypto.merkle import Frontier, leaf_hash
+from crypto.merkle import AppendResult, Frontier, leaf_hash
 from gateway import codec
 from gateway.audit import record_action
 from gateway.datasets import active_recogniser
@@ -78,6 +78,7 @@ __all__ = [
     "IssuerLog",
     "PreparedEntry",
     "PublishResult",
+    "SignedEntry",
     "check_issuers",
     "encode_entry",
     # Moved to gateway.signing_pool (workers import it without the database layers); callers
@@ -100,6 +101,17 @@ class PreparedEntry:
     payload_type: str
     signer: str
     disclosed_to: str | None = None
+
+
+@dataclass(frozen=True)
+class SignedEntry:
+    """An entry signed outside the publish path (an erasure notice): its exact envelope bytes
+    and the partners it is disclosed to, decided by the caller."""
+
+    envelope: bytes
+    payload_type: str
+    signer: str
+    partners: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -347,7 +359,9 @@ class IssuerLog:
         actor: str,
         source: str = "input",
         today: date | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> PublishResult:
+        """``progress`` is told how many records each committed chunk handled (for a CLI bar)."""
         if not records_in:
             raise InputError(f"{source}: no records")
         async with self.node.engine.connect() as conn:
@@ -383,6 +397,8 @@ class IssuerLog:
                 if first is None:
                     first = result.first_index
                 size, note = result.tree_size, result.checkpoint
+                if progress is not None:
+                    progress(len(prepared))
         return PublishResult(appended, duplicates, size, note, first)
 
     def signing_pool(self, count: int, chunk: int) -> SigningPool | None:
@@ -601,23 +617,7 @@ class IssuerLog:
                 )
             # 5. Sign the checkpoint of the new head and move the head, in this transaction.
             size = result.frontier.size
-            note = sign_head(
-                Checkpoint(origin=self.node.origin, size=size, root_hash=result.root),
-                self.node.origin,
-                checkpoint_signers,
-            )
-            await conn.execute(
-                update(logs)
-                .where(logs.c.code == admin)
-                .values(
-                    size=size,
-                    root=result.root,
-                    frontier=result.frontier.to_bytes(),
-                    checkpoint=note,
-                    checkpoint_size=size,
-                    verified_at=now,
-                )
-            )
+            note = await self._move_head(conn, result, checkpoint_signers, now)
             await record_action(
                 conn,
                 actor,
@@ -630,6 +630,88 @@ class IssuerLog:
                 },
             )
         return PublishResult(len(fresh), len(prepared) - len(fresh), size, note, first)
+
+    async def append_signed(
+        self, conn: AsyncConnection, items: Sequence[SignedEntry], *, actor: str
+    ) -> PublishResult:
+        """Append entries that are no record (erasure notices) in the caller's transaction, so
+        they commit with whatever they announce: the same lock, tiles, entitlement rows and
+        signed head as :meth:`append`, without the record index or idempotency digest."""
+        admin = self.node.admin
+        await conn.execute(
+            update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)
+        )
+        head = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
+        if not items:
+            return PublishResult(0, 0, int(head.size), head.checkpoint or "", None)
+        first = int(head.size)
+        leaves = [leaf_hash(item.envelope) for item in items]
+        result = Frontier.from_bytes(bytes(head.frontier)).append(leaves)
+        await store_append(conn, admin, result)
+        now = time.time()
+        await insert_rows(
+            conn,
+            entries,
+            _ENTRY_COLUMNS,
+            [
+                (
+                    admin,
+                    first + k,
+                    leaf,
+                    item.envelope,
+                    item.payload_type,
+                    "valid",
+                    item.signer,
+                    None,
+                    now,
+                )
+                for k, (leaf, item) in enumerate(zip(leaves, items, strict=True))
+            ],
+        )
+        await insert_rows(
+            conn,
+            entitlements,
+            ("idx", "partner"),
+            [(first + k, p) for k, item in enumerate(items) for p in sorted(item.partners)],
+        )
+        size = result.frontier.size
+        note = await self._move_head(conn, result, await self.node.checkpoint_signers(conn), now)
+        await record_action(
+            conn,
+            actor,
+            "log.append",
+            {"first_index": first, "count": len(items), "duplicates": 0, "tree_size": size},
+        )
+        return PublishResult(len(items), 0, size, note, first)
+
+    async def _move_head(
+        self,
+        conn: AsyncConnection,
+        result: AppendResult,
+        signers: list[PrivateKeySigner],
+        now: float,
+    ) -> str:
+        """Sign the checkpoint of the appended tree and make it our head, in ``conn``'s
+        transaction (so entries, tiles and head commit together); returns the note."""
+        size = result.frontier.size
+        note = sign_head(
+            Checkpoint(origin=self.node.origin, size=size, root_hash=result.root),
+            self.node.origin,
+            signers,
+        )
+        await conn.execute(
+            update(logs)
+            .where(logs.c.code == self.node.admin)
+            .values(
+                size=size,
+                root=result.root,
+                frontier=result.frontier.to_bytes(),
+                checkpoint=note,
+                checkpoint_size=size,
+                verified_at=now,
+            )
+        )
+        return note
 
     @staticmethod
     async def _open_state(

@@ -57,7 +57,12 @@ from gateway.config import (
 )
 from gateway.datasets import packaged_bytes, recogniser_for
 from gateway.errors import InputError
-from gateway.storage.database import create_engine, migrate
+from gateway.storage.database import (
+    check_sqlite_schema,
+    create_engine,
+    migrate,
+    require_current_schema,
+)
 from gateway.storage.schema import datasets, node_state, trust_statements
 from gateway.storage.tiles import create_empty_log
 from gateway.trust import (
@@ -319,9 +324,11 @@ class Node:
 
     @classmethod
     def open(cls, home: Path, environ: dict[str, str] | None = None) -> Node:
-        return cls(
-            load_config(home.resolve(), environ if environ is not None else dict(os.environ))
-        )
+        config = load_config(home.resolve(), environ if environ is not None else dict(os.environ))
+        # Readers that bypass the engine (Check on SQLite) must not run on another schema
+        # either; the engine checks every connection it makes (see `engine`).
+        check_sqlite_schema(config.database_url)
+        return cls(config)
 
     @property
     def admin(self) -> str:
@@ -334,7 +341,9 @@ class Node:
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
-            self._engine = create_engine(self.config.database_url)
+            # Every command and `serve` open the database here: a schema behind (or ahead of)
+            # this software's migrations is refused at the first connection, naming the fix.
+            self._engine = require_current_schema(create_engine(self.config.database_url))
         return self._engine
 
     async def close(self) -> None:

@@ -445,3 +445,26 @@ def parse_records(
     if not out:
         raise RecordInputError([f"{source}: no records"], source)
     return out
+
+
+@dataclass(frozen=True, order=True)
+class ErasedEntry:
+    """One entry of a log whose payload an erasure notice erases (its leaf hash stays)."""
+
+    leaf_index: int
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class ErasureNotice:
+    """An issuer's notice that it erased the payloads of earlier entries of its log.
+
+    Not a :data:`Record`: it names entries, never an operator, is never published from input
+    and never answers a Check; it only makes holders of the named entries erase their copies
+    (:mod:`gateway.erasure`)."""
+
+    issuer: str
+    entries: tuple[ErasedEntry, ...]
+    lawful_basis: str
+    reference: str
+    date: dt.date

@@ -21,6 +21,7 @@ Entry signatures are not checked here (they are checked before first use, by the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from crypto.checkpoint import verify_note as verify_note_signatures
 from crypto.errors import TileStoreError, VerificationError
 from crypto.keys import Scheme
 from crypto.merkle import Frontier, TileId, TileUpdate, leaf_hash, verify_consistency
+from gateway.erasure import apply_notices
 from gateway.errors import GatewayError
 from gateway.exchange import Batch
 from gateway.partners import quarantine
@@ -55,6 +57,8 @@ from registry.errors import QuestionError
 from registry.resolver import Recogniser
 
 FetchConsistency = Callable[[int, int], Awaitable[Sequence[bytes]]]
+
+log = logging.getLogger(__name__)
 
 
 class ReplicationFaultError(GatewayError):
@@ -505,9 +509,19 @@ async def store_verdicts(
     await store_outcomes(conn, code, checks)
     if indexed:
         await index_records(conn, code, sorted(indexed, key=lambda i: i.index))
+    # Erasure notices among them erase what they name, after the indexing above (gateway.erasure).
+    checks = [*checks, *await apply_notices(conn, code, checks)]
     invalid = sorted((c for c in checks if c.state == "invalid"), key=lambda c: c.index)
     if invalid:
-        await quarantine(conn, code, f"invalid entry {invalid[0].index}: {invalid[0].problem}")
+        first = invalid[0]
+        log.warning(
+            "invalid entry %d of %s: %s",
+            first.index,
+            code,
+            first.problem,
+            extra={"partner": code, "entry": first.index},
+        )
+        await quarantine(conn, code, f"invalid entry {first.index}: {first.problem}")
         return invalid[0]
     return None
 

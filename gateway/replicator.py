@@ -30,6 +30,7 @@ from gateway.audit import record_action
 from gateway.datasets import active_recogniser
 from gateway.errors import GatewayError
 from gateway.exchange import Batch, LogItem
+from gateway.logs import bind as bind_log_context
 from gateway.node import Node, now_utc
 from gateway.partners import accept_statements, partner_statement, quarantine
 from gateway.replication import (
@@ -784,6 +785,7 @@ class Replicator:
 
     async def run(self) -> str:
         """Replicate until stopped, suspended, removed or quarantined; returns why it stopped."""
+        bind_log_context(partner=self.code)  # this task's log lines, and its verifier's
         verifier = asyncio.create_task(self._verify_loop(), name=f"verify-{self.code}")
         try:
             return await self._run(verifier)

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from gateway.clients import QueryAuditTrail
 from gateway.config import build_config, config_document
 from gateway.disclosure import disclose
 from gateway.exchange import ExchangeHandler, LogWatcher
@@ -32,6 +33,7 @@ from gateway.replicator import GrpcTransport, ReplicationManager, Transport
 from gateway.server.app import GatewayServer
 from gateway.server.identity import current_local_peer, current_partner
 from gateway.server.metrics import GatewayMetrics
+from gateway.server.node_metrics import NodeMetrics
 from gateway.server.tls import partner_channel
 from gateway.services.admin_service import AdminServicer
 from gateway.services.exchange_service import ExchangeServicer
@@ -81,11 +83,13 @@ class Gateway:
             node, self.open_transport, on_applied=self.checker.notify
         )
         metrics = GatewayMetrics()
+        # Read from the database and the replicators on each /metrics scrape.
+        self.node_metrics = NodeMetrics(node, metrics, self.replication.status)
         self.witness = WitnessGossip(node, metrics)
         self.server = GatewayServer(
             node,
             exchange=ExchangeServicer(self.exchange, self._partner_code, metrics=metrics),
-            query=QueryServicer(self.checker),
+            query=QueryServicer(self.checker, audit=QueryAuditTrail(node)),
             admin=AdminServicer(node, self._actor, self.status, on_publish=self._published),
             status=self.status,
             background={
@@ -131,7 +135,12 @@ class Gateway:
             self._connected,
             self.server.listeners.http_url if self.server.serving else None,
             trust_problem=self._trust_problem,
+            recent_faults=self._recent_faults,
         )
+
+    def _recent_faults(self, code: str) -> list[tuple[float, str, str]]:
+        status = self.replication.status(code)
+        return list(status.recent_faults) if status is not None else []
 
     def _trust_problem(self, code: str) -> str | None:
         status = self.replication.status(code)
@@ -248,7 +257,7 @@ class Gateway:
 
 
 async def run_gateway(home: Path, overrides: Mapping[str, str]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Serve until stopped. Logging is the caller's (``mragw serve`` uses gateway.logs)."""
     node = with_overrides(Node.open(home), overrides)
     gateway = Gateway(node)
     try:

@@ -14,6 +14,11 @@ stored in ``entries.sig_state``:
   window is enforced through the log instead: a retired key is revoked from an index.)
 - ``invalid``: the signature does not verify or the bytes are not an envelope: never used, and
   the partner is quarantined, because its log holds something it did not sign.
+- ``notice``: a valid signature over a well-formed erasure notice, only for as long as the
+  transaction that judged it runs: :func:`gateway.erasure.apply_notices` then checks it
+  against the log and stores ``valid`` (applied) or ``invalid``.
+- ``erased``: the payload was erased on an erasure notice (ours or the issuer's); the leaf hash
+  stays, the envelope is gone, and the entry is never used again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.records import Record
+from crypto.errors import VerificationError
+from gateway import codec
+from gateway.errors import GatewayError
+from gateway.records import ErasureNotice, Record
 from gateway.signatures import (
     KeyMaterial,
     Outcome,
@@ -37,6 +45,7 @@ from gateway.storage.schema import entries
 from gateway.trust import TrustStatement
 
 __all__ = [
+    "NOTICE",
     "EntryCheck",
     "Judged",
     "PendingEntry",
@@ -59,6 +68,11 @@ class EntryCheck:
     problem: str | None = None
     # The key whose signature made the entry valid (kept so a later revocation can find it).
     signer: str | None = None
+    # State ``notice``: the erasure notice the entry carries, to apply in the same transaction.
+    notice: ErasureNotice | None = None
+
+
+NOTICE = "notice"
 
 
 def key_material(statement: TrustStatement) -> KeyMaterial:
@@ -180,7 +194,7 @@ async def judge(
     """Every pending entry's check (``unverified`` ones included: see ``check_entry``); the
     signatures of a large set are verified (and payloads decoded) in the worker pool."""
     checked = await check_chunk(key_material(statement), [p.envelope for p in pending])
-    return [
+    judged = [
         Judged(
             decide_entry(
                 p.index,
@@ -195,6 +209,39 @@ async def judge(
         )
         for p, (outcome, record, problem) in zip(pending, checked, strict=True)
     ]
+    # A valid signature over a payload that is no record may be an erasure notice (rare: the
+    # worker decodes records only, so notices are decoded here).
+    return [
+        _as_notice(j, p, statement.admin) if j.check.state == "valid" and j.record is None else j
+        for j, p in zip(judged, pending, strict=True)
+    ]
+
+
+def _as_notice(judged: Judged, pending: PendingEntry, issuer: str) -> Judged:
+    """``judged`` as an erasure notice of ``issuer``'s log at ``pending.index`` when its payload
+    is one; a malformed notice (or one naming entries at or above its own index) keeps its
+    decode problem, which makes the entry invalid like any payload that does not parse."""
+    try:
+        message = parse_envelope(pending.envelope)
+    except VerificationError:  # pragma: no cover - its signature verified, so it parsed
+        return judged
+    if message.payload_type != codec.ERASURE_NOTICE_TYPE:
+        return judged
+    try:
+        notice = codec.decode_notice(bytes(message.payload))
+    except GatewayError as error:
+        return Judged(judged.check, None, str(error))
+    if notice.issuer != issuer:
+        return Judged(judged.check, None, f"erasure notice of log {notice.issuer}, not {issuer}")
+    ahead = [e.leaf_index for e in notice.entries if e.leaf_index >= pending.index]
+    if ahead:
+        return Judged(
+            judged.check,
+            None,
+            f"erasure notice at index {pending.index} names entry {ahead[0]}, not below it",
+        )
+    check = judged.check
+    return Judged(EntryCheck(check.index, NOTICE, check.problem, check.signer, notice))
 
 
 OUTCOME_UPDATE_SQL = "UPDATE entries SET sig_state = ?, signer = ? WHERE log = ? AND idx = ?"
@@ -243,7 +290,9 @@ async def verify_pending(
     key is left for after the next refresh."""
     pending = await select_pending(conn, log, indices, limit)
     judged = await judge(pending, statement, skew=skew, trust_checked_at=trust_checked_at)
-    checks = [j.check for j in judged if j.check.state != "unverified"]
+    # Erasure notices stay unverified here: only the replication path applies them
+    # (gateway.replication.store_verdicts), and a notice is valid only once applied.
+    checks = [j.check for j in judged if j.check.state not in ("unverified", NOTICE)]
     await store_outcomes(conn, log, checks)
     return checks
 

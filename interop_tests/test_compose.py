@@ -14,6 +14,7 @@ second start reuses the home.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,11 @@ COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+PROMETHEUS = ROOT / "docker" / "prometheus.yml"
+ALERT_RULES = ROOT / "docker" / "prometheus-alerts.yml"
+GRAFANA = ROOT / "docker" / "grafana"
+DASHBOARD = GRAFANA / "mragw-dashboard.json"
+METRIC_NAME = re.compile(r"\bmragw_[a-z0-9_]+\b")
 MRAGW = Path(sys.executable).parent / "mragw"
 
 CONFIG_VAR = re.compile(r"\bMRAGW_([A-Z][A-Z0-9]*)__([A-Z][A-Z0-9_]*)\b")
@@ -127,7 +134,8 @@ def _split_key(text: str, where: int) -> tuple[str, str] | None:
 
 
 def parse_yaml_subset(text: str) -> Any:
-    """Block mappings and sequences, scalars (plain, quoted), flow lists of scalars.
+    """Block mappings and sequences (of scalars or of mappings), scalars (plain, quoted), flow
+    lists of scalars.
 
     Anything else (anchors, aliases, tags, flow mappings, block scalars, tabs, several
     documents) raises :class:`UnsupportedYamlError` instead of being misread.
@@ -157,10 +165,19 @@ def _sequence(lines: list[_Line], start: int, indent: int) -> tuple[list[Any], i
     out: list[Any] = []
     n = start
     while n < len(lines) and lines[n].indent == indent and lines[n].text.startswith("-"):
-        item = lines[n].text[1:].strip()
-        if _split_key(item, lines[n].number) is not None:
-            raise UnsupportedYamlError(f"line {lines[n].number}: mappings in lists")
-        out.append(_scalar(item, lines[n].number))
+        line = lines[n]
+        rest = line.text[1:]
+        item = rest.strip()
+        if _split_key(item, line.number) is not None:
+            # A mapping item (``- key: value`` then its other keys aligned under ``key``, as
+            # Prometheus and Grafana configurations write lists): read it as a block mapping
+            # whose first line starts where ``key`` does.
+            column = indent + 1 + len(rest) - len(rest.lstrip(" "))
+            lines[n] = _Line(line.number, column, item)
+            value, n = _mapping(lines, n, column)
+            out.append(value)
+            continue
+        out.append(_scalar(item, line.number))
         n += 1
     return out, n
 
@@ -511,9 +528,188 @@ def test_the_parser_refuses_yaml_it_does_not_understand() -> None:
         "a": {"b": "x # y", "c": ["1", "two"]},
         "d": ["e"],
     }
-    for text in ("a: &x 1\n", "a: *x\n", "a: {b: 1}\n", "a: |\n  x\n", "a:\n  - b: 1\n"):
+    for text in (
+        "a: &x 1\n",
+        "a: *x\n",
+        "a: {b: 1}\n",
+        "a: |\n  x\n",
+        "a:\n  - b: 1\n     c: 2\n",  # a mapping item's keys out of line
+        "a:\n  - b: 1\n  c: 2\n",  # a key after a list, at the list's indentation
+    ):
         with pytest.raises(UnsupportedYamlError):
             parse_yaml_subset(text)
+
+
+def test_the_parser_reads_lists_of_mappings() -> None:
+    text = (
+        "jobs:\n"
+        "  - name: one\n"
+        "    targets:\n"
+        '      - hosts: ["a:1", "b:2"]\n'
+        "        port: 9\n"
+        "  -   name: two\n"
+        "      flag: yes\n"
+        "  - three\n"
+        "top: x\n"
+    )
+    assert parse_yaml_subset(text) == {
+        "jobs": [
+            {"name": "one", "targets": [{"hosts": ["a:1", "b:2"], "port": "9"}]},
+            {"name": "two", "flag": "yes"},
+            "three",
+        ],
+        "top": "x",
+    }
+
+
+# --- monitoring: Prometheus and Grafana -------------------------------------------------------
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> the file or folder of this repository mounted there."""
+    out: dict[str, Path] = {}
+    for volume in service.get("volumes") or []:
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            out[target] = (COMPOSE.parent / source).resolve()
+    return out
+
+
+def _service_with_image(prefix: str) -> dict[str, Any]:
+    (service,) = [s for s in compose()["services"].values() if s["image"].startswith(prefix)]
+    return service
+
+
+def _entrypoint_option(name: str) -> str:
+    init = next(
+        args
+        for where, args in all_invocations()
+        if where.startswith("entrypoint") and args[0] == "init"
+    )
+    return init[init.index(name) + 1]
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    document = parse_yaml_subset(path.read_text())
+    assert isinstance(document, dict), path
+    return document
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"]]
+    return exprs
+
+
+def _rule_exprs() -> list[str]:
+    rules = [r for group in _yaml(ALERT_RULES)["groups"] for r in group["rules"]]
+    return [str(r["expr"]) for r in rules] + [
+        str(text) for r in rules for text in (r.get("annotations") or {}).values()
+    ]
+
+
+def test_prometheus_scrapes_every_gateway_on_its_http_listener() -> None:
+    config = _yaml(PROMETHEUS)
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mragw"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job.get("scheme", "http") == "http"
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    # Each gateway serves /metrics where its entrypoint puts the HTTP listener, reached by
+    # its service's host name on the compose network; no gateway is missing or scraped twice.
+    http_port = _entrypoint_option("--http-listen").rsplit(":", 1)[1]
+    expected = [f"{service['hostname']}:{http_port}" for service in gateway_services().values()]
+    assert sorted(targets) == sorted(expected)
+    assert len(set(targets)) == len(targets)
+    prometheus = _service_with_image("prom/prometheus:")
+    mounts = _mounts(prometheus)
+    (config_flag,) = [c for c in prometheus["command"] if c.startswith("--config.file=")]
+    assert mounts[config_flag.split("=", 1)[1]] == PROMETHEUS.resolve()
+    for rule_file in config["rule_files"]:
+        assert mounts[rule_file] == ALERT_RULES.resolve()
+    for name in gateway_services():
+        assert prometheus["depends_on"][name]["condition"] == "service_started"
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_service() -> None:
+    grafana = _service_with_image("grafana/grafana:")
+    mounts = _mounts(grafana)
+    sources = _yaml(mounts["/etc/grafana/provisioning/datasources"] / "prometheus.yml")
+    (source,) = sources["datasources"]
+    prometheus_port = _service_with_image("prom/prometheus:")["ports"][0].rsplit(":", 1)[1]
+    prometheus_name = next(
+        name
+        for name, service in compose()["services"].items()
+        if service["image"].startswith("prom/prometheus:")
+    )
+    assert source["type"] == "prometheus"
+    assert source["url"] == f"http://{prometheus_name}:{prometheus_port}"
+    providers = _yaml(mounts["/etc/grafana/provisioning/dashboards"] / "mragw.yml")["providers"]
+    (provider,) = providers
+    folder = provider["options"]["path"]
+    assert mounts[f"{folder}/{DASHBOARD.name}"] == DASHBOARD.resolve()
+    dashboard = json.loads(DASHBOARD.read_text())
+    # Every panel and query names the provisioned data source.
+    uids = {
+        item["datasource"]["uid"]
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+        for item in [panel, *panel["targets"]]
+    }
+    assert uids == {source["uid"]}
+    assert {v["datasource"]["uid"] for v in dashboard["templating"]["list"]} == {source["uid"]}
+    titles = [p["title"] for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(titles) == len(set(titles))
+
+
+def _exported_names(exposition: str) -> set[str]:
+    """Every sample name a family of this exposition may carry (from its TYPE lines)."""
+    names: set[str] = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+@pytest.mark.skipif(not MRAGW.exists(), reason=f"mragw is not installed next to {sys.executable}")
+def test_every_metric_the_dashboard_and_alert_rules_use_is_exported(tmp_path: Path) -> None:
+    queried = {m for text in _dashboard_exprs() + _rule_exprs() for m in METRIC_NAME.findall(text)}
+    # The extraction found what the dashboard is about (else "all exported" would prove nothing).
+    assert {
+        "mragw_log_entries_total",
+        "mragw_replication_lag_entries",
+        "mragw_grpc_handling_seconds_bucket",
+        "mragw_alerts_open",
+    } <= queried
+    home = tmp_path / "node"
+    env = _entrypoint_env(
+        home,
+        MRAGW_INIT_ADMIN="JP",
+        MRAGW_INIT_ENDPOINT="jp:7443",
+        MRAGW_SERVER__SHUTDOWN_GRACE_S="0.2",
+    )
+    process = _serve_until_healthy(home, env)
+    try:
+        status = subprocess.run(
+            [str(MRAGW), "status", "--home", str(home), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            timeout=30,
+        )
+        url = json.loads(status.stdout)["metrics_url"]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback http
+            assert response.status == 200
+            exposition = response.read().decode("utf-8")
+    finally:
+        _stop(process)
+    exported = _exported_names(exposition)
+    assert sorted(queried - exported) == []
 
 
 # --- the entrypoint, run for real ------------------------------------------------------------

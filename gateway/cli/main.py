@@ -47,6 +47,9 @@ _register()
 
 
 def main() -> None:
+    from gateway.cli.conventions import configure_cli_logging
+
+    configure_cli_logging()  # `serve` configures again from its own flags
     app()
 
 

@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from gateway.cli.conventions import command, emit_json, emit_text, say
+from gateway.cli.conventions import (
+    ExitCode,
+    command,
+    configure_logging,
+    emit_json,
+    emit_text,
+    fail,
+    progress_bar,
+    progress_enabled,
+    say,
+    spinner,
+)
 from gateway.errors import InputError
 from gateway.node import Node
 
 T = TypeVar("T")
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    text = "text"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
 
 HomeOption = Annotated[Path, typer.Option("--home", help="The node's home directory.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -105,20 +131,31 @@ def register(app: typer.Typer) -> None:
         target: TargetOption = None,
         json_out: JsonOption = False,
     ) -> None:
-        """Validate a whole file of records, then sign and append them to the log."""
+        """Validate a whole file of records, then sign and append them to the log. On a
+        terminal (and without --json) a bar on stderr shows records appended, rate and ETA."""
         from gateway.cli.remote import publish_remote
         from gateway.issuer_log import IssuerLog
         from gateway.records import parse_records
 
         data = read_input(file)
+        show = progress_enabled(json_out)
 
         async def body(node: Node) -> dict[str, Any]:
-            records = parse_records(
-                data, source=file.name, fmt=fmt, max_records=node.config.limits.max_publish_records
-            )
-            if target:
-                return await publish_remote(node, target, records)
-            result = await IssuerLog(node).publish(records, actor="cli", source=file.name)
+            # Validation is one pass over the whole input (nothing is signed before all of
+            # it is valid): its length is unknown until it ends, so a spinner, not a bar.
+            with spinner(f"validating {file.name}", enabled=show):
+                records = parse_records(
+                    data,
+                    source=file.name,
+                    fmt=fmt,
+                    max_records=node.config.limits.max_publish_records,
+                )
+            with progress_bar("publishing", len(records), enabled=show) as advance:
+                if target:
+                    return await publish_remote(node, target, records, progress=advance)
+                result = await IssuerLog(node).publish(
+                    records, actor="cli", source=file.name, progress=advance
+                )
             return result.to_json()
 
         report = run_on_node(home, body)
@@ -132,7 +169,23 @@ def register(app: typer.Typer) -> None:
 
     @app.command("status")
     @command
-    def status(home: HomeOption, target: TargetOption = None, json_out: JsonOption = False) -> None:
+    def status(
+        home: HomeOption,
+        target: TargetOption = None,
+        json_out: JsonOption = False,
+        watch: Annotated[
+            bool,
+            typer.Option(
+                "--watch",
+                help="Refresh a live view of each partner's catch-up (verified entries, rate, "
+                "ETA) until Ctrl-C; one plain line per partner per refresh when not a terminal.",
+            ),
+        ] = False,
+        interval: Annotated[
+            float,
+            typer.Option("--interval", metavar="S", help="Seconds between --watch refreshes."),
+        ] = 2.0,
+    ) -> None:
         """The node's log size and each partner's replication state."""
         from gateway.cli.remote import running_status
         from gateway.status import node_status
@@ -141,6 +194,9 @@ def register(app: typer.Typer) -> None:
             live = await running_status(node, target)
             return live if live is not None else await node_status(node)
 
+        if watch:
+            _watch(home, body, json_out, interval)
+            return
         report = run_on_node(home, body)
         if json_out:
             emit_json(report)
@@ -205,9 +261,25 @@ def register(app: typer.Typer) -> None:
         http_listen: Annotated[
             str | None, typer.Option(help="Override server.http_listen.")
         ] = None,
+        log_format: Annotated[
+            LogFormat,
+            typer.Option(
+                "--log-format",
+                envvar="MRAGW_LOG_FORMAT",
+                help="auto: text on a terminal, JSON lines otherwise (systemd, containers).",
+            ),
+        ] = LogFormat.auto,
+        log_level: Annotated[
+            LogLevel,
+            typer.Option(
+                "--log-level", envvar="MRAGW_LOG_LEVEL", help="For this gateway's loggers."
+            ),
+        ] = LogLevel.info,
     ) -> None:
-        """Run the gateway until SIGTERM or SIGINT."""
+        """Run the gateway until SIGTERM or SIGINT. Logs go to stderr (see --log-format)."""
         from gateway.serve import run_gateway
+
+        configure_logging(log_format.value, log_level.value)
 
         overrides = {
             k: v
@@ -236,6 +308,41 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code)
 
     registry_use(app)
+
+
+MIN_WATCH_INTERVAL_S = 0.1
+MAX_WATCH_INTERVAL_S = 3600.0
+
+
+def _watch(
+    home: Path, fetch: Callable[[Node], Awaitable[dict[str, Any]]], json_out: bool, interval: float
+) -> None:
+    """``status --watch``: refuses ``--json`` (one document per command), runs until Ctrl-C."""
+    import os
+    import sys
+
+    from gateway.cli.status_watch import watch_status
+
+    if json_out:
+        raise fail(
+            ExitCode.BAD_INPUT,
+            "--watch with --json: --json prints one document; poll `mragw status --json` "
+            "or scrape the gateway's /metrics instead",
+        )
+    if not MIN_WATCH_INTERVAL_S <= interval <= MAX_WATCH_INTERVAL_S:
+        raise fail(
+            ExitCode.BAD_INPUT,
+            f"--interval {interval}: use {MIN_WATCH_INTERVAL_S} to {MAX_WATCH_INTERVAL_S:.0f} s",
+        )
+    live = sys.stdout.isatty()
+    try:
+        run_on_node(home, lambda node: watch_status(node, fetch, interval, live=live))
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch ends: exit 0
+    except BrokenPipeError:
+        # The reader went away (`| head`): also an end. Point stdout at /dev/null so the
+        # interpreter's final flush does not report the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def registry_use(app: typer.Typer) -> None:

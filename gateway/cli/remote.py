@@ -6,7 +6,7 @@ local client; a gateway that cannot be reached is exit code 3.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -86,12 +86,21 @@ def _publish_requests(records: Sequence[Record]) -> list[admin_pb2.PublishReques
     return requests
 
 
-async def publish_remote(node: Node, target: str, records: Sequence[Record]) -> dict[str, Any]:
+async def publish_remote(
+    node: Node,
+    target: str,
+    records: Sequence[Record],
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """``progress`` is told the records of each batch gRPC takes (flow control paces it, so
+    it follows the gateway's intake; the report comes when the gateway committed them all)."""
     requests = _publish_requests(records)
 
     async def stream() -> Any:
         for request in requests:
             yield request
+            if progress is not None:
+                progress(len(request.records))
 
     async with local_channel(node, target) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)

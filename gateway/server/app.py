@@ -6,7 +6,8 @@
 - Admin listener (``server.admin_listen``, loopback by default, mTLS with the node's own CA):
   QueryService + AdminService, health, reflection. Interceptors: metrics, local identity + role,
   malformed-request refusal.
-- HTTP listener (``server.http_listen``): ``/metrics``, ``/healthz``, status page.
+- HTTP listener (``server.http_listen``): ``/metrics``, ``/healthz``, status page; off loopback
+  HTTPS requiring an admin client certificate of our own CA (ADR 0013).
 - A refresh loop polls ``node_state`` every ``replication.poll_interval_s`` and reloads the
   pinned-partner snapshot when partners changed, so ``mragw partner add|remove|suspend`` run
   against the database reach a running gateway within a second, without a restart.
@@ -44,11 +45,12 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.clients import Revocations
 from gateway.config import parse_hostport
 from gateway.errors import InputError
 from gateway.node import Node
 from gateway.server.guard import MalformedRequestInterceptor
-from gateway.server.http import StatusHttpServer, StatusSource
+from gateway.server.http import StatusHttpServer, StatusSource, is_loopback_host, reader_check
 from gateway.server.identity import (
     ADMIN_LISTENER,
     DEFAULT_ROLES,
@@ -59,14 +61,17 @@ from gateway.server.identity import (
     current_peer_or_none,
 )
 from gateway.server.limits import PartnerLimiter, PartnerLimitInterceptor
+from gateway.server.logcontext import CallLogContextInterceptor
 from gateway.server.metrics import GatewayMetrics, RpcMetricsInterceptor
 from gateway.server.pinned import PinnedPartnerStore
 from gateway.server.runtime import RuntimeInfo, remove_runtime, write_runtime
 from gateway.server.tls import (
+    HttpServerTls,
     admin_server_credentials,
     partner_server_credentials,
     server_options,
 )
+from gateway.status import recognition_graph_svg
 from gateway.storage.changes import ChangeProbe
 from mra.v1 import (
     admin_pb2,
@@ -139,6 +144,8 @@ class GatewayServer:
         self.config = node.config
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.partners = PinnedPartnerStore(node.admin)
+        # Revoked local clients (``mragw clients revoke``), refreshed with the partners.
+        self.revocations = Revocations()
         self.limiter = PartnerLimiter(self.config.limits)
         # Set when shutdown begins; long-lived streams should end when it is set.
         self.draining = asyncio.Event()
@@ -182,14 +189,25 @@ class GatewayServer:
             # Fails start-up if the database is unreachable: serving without knowing who the
             # partners are would refuse everyone anyway.
             await self.partners.refresh(self.node.engine, force=True)
+            await self.revocations.refresh(self.node.engine, force=True)
             self._after_refresh()
             partner_addr = await self._start_partner_server()
             admin_addr = await self._start_admin_server()
+            http_host, _ = parse_hostport(self.config.server.http_listen, "server.http_listen")
+            # Off loopback: HTTPS, admin client certificates of our own CA only (ADR 0013).
+            off_loopback = not is_loopback_host(http_host)
             self._http = StatusHttpServer(
                 self.config.server.http_listen,
                 metrics=self.metrics,
                 healthy=lambda: self.serving,
                 status=self._status,
+                graph=functools.partial(recognition_graph_svg, self.node),
+                tls=HttpServerTls(self.node).context if off_loopback else None,
+                peer_check=(
+                    reader_check(self._own_cas, self.node.admin, revoked=self.revocations.revoked)
+                    if off_loopback
+                    else None
+                ),
             )
             try:
                 await self._http.start()
@@ -321,7 +339,7 @@ class GatewayServer:
             PARTNER_LISTENER,
             [
                 RpcMetricsInterceptor(self.metrics, PARTNER_LISTENER),
-                PartnerIdentityInterceptor(self.partners, self.metrics),
+                CallLogContextInterceptor(PartnerIdentityInterceptor(self.partners, self.metrics)),
                 PartnerLimitInterceptor(self.limiter, self.metrics),
             ],
         )
@@ -360,8 +378,14 @@ class GatewayServer:
             ADMIN_LISTENER,
             [
                 RpcMetricsInterceptor(self.metrics, ADMIN_LISTENER),
-                LocalIdentityInterceptor(
-                    self._own_cas, self.node.admin, self.metrics, roles=self._roles
+                CallLogContextInterceptor(
+                    LocalIdentityInterceptor(
+                        self._own_cas,
+                        self.node.admin,
+                        self.metrics,
+                        roles=self._roles,
+                        revoked=self.revocations.revoked,
+                    )
                 ),
             ],
         )
@@ -413,6 +437,7 @@ class GatewayServer:
                 continue  # nothing committed since the last look: the snapshot is current
             try:
                 changed = await self.partners.refresh(self.node.engine)
+                await self.revocations.refresh(self.node.engine)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -19,7 +19,10 @@ Partner listener (:class:`PartnerIdentityInterceptor`), per call:
 Admin listener (:class:`LocalIdentityInterceptor`): the certificate must be issued by the
 node's own CA and name the node's own code; its role (OU) decides which services it may call
 (:data:`DEFAULT_ROLES`); anything else is PERMISSION_DENIED. Health checking and reflection are
-open to every authenticated local caller (``mragw health`` and tooling need them).
+open to every authenticated local caller (``mragw health`` and tooling need them). A certificate
+``mragw clients revoke`` withdrew is refused with UNAUTHENTICATED "client certificate is revoked"
+(checked per call against an in-memory set, like suspension; certificates of our CA that were
+never recorded as clients, such as the init admin certificate, are not affected).
 
 Decisions:
 - Suspended partner: PERMISSION_DENIED "partner XX is suspended". It *is* authenticated (its
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -109,6 +113,8 @@ class LocalPeer:
 
     role: str
     common_name: str
+    #: SHA-256 of the certificate's DER, lowercase hex: what revocation is matched on.
+    fingerprint: str = ""
 
     @property
     def actor(self) -> str:
@@ -118,6 +124,8 @@ class LocalPeer:
 Peer = PartnerPeer | LocalPeer
 
 _current: ContextVar[Peer | None] = ContextVar("mragw_peer", default=None)
+# How to re-check the current call's peer mid-call (set by the identity guard).
+_recheck: ContextVar[Callable[[], None] | None] = ContextVar("mragw_peer_recheck", default=None)
 
 
 def current_peer_or_none() -> Peer | None:
@@ -131,6 +139,15 @@ def current_peer() -> Peer:
     if peer is None:
         raise RuntimeError("no authenticated peer: not inside a call guarded by an identity check")
     return peer
+
+
+def recheck_peer() -> None:
+    """Raise :class:`PeerRejectedError` when the current call's peer lost its right since the
+    call began (a local client revoked while its Watch stream is open). Long-lived streams
+    call it before each message; a no-op outside a guarded call."""
+    recheck = _recheck.get()
+    if recheck is not None:
+        recheck()
 
 
 def current_partner() -> PartnerPeer:
@@ -311,7 +328,19 @@ def _verify_local(
         )
     names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     common_name = str(names[0].value) if names else ""
-    return cert, LocalPeer(role=role, common_name=common_name)
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    return cert, LocalPeer(role=role, common_name=common_name, fingerprint=fingerprint)
+
+
+def refuse_revoked(peer: LocalPeer, revoked: Mapping[str, str]) -> None:
+    """UNAUTHENTICATED when ``peer``'s certificate is in the revoked set (fingerprint -> name)."""
+    name = revoked.get(peer.fingerprint)
+    if name is not None:
+        raise PeerRejectedError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "revoked",
+            f"client certificate is revoked (local client {name!r})",
+        )
 
 
 def authorise_local(
@@ -364,13 +393,18 @@ class _IdentityInterceptor(GuardInterceptor):
             await context.abort(rejected.status, rejected.public)
             raise  # pragma: no cover - abort raises
         token = _current.set(peer)
+        recheck_token = _recheck.set(functools.partial(self.recheck, peer))
         try:
             yield
         finally:
             # ValueError: a streaming call finalised from another task; its own task's
             # context dies with it, so there is nothing to undo.
             with contextlib.suppress(ValueError):
+                _recheck.reset(recheck_token)
                 _current.reset(token)
+
+    def recheck(self, peer: Peer) -> None:
+        """Mid-call re-check of ``peer`` (:func:`recheck_peer`); nothing by default."""
 
 
 class PartnerIdentityInterceptor(_IdentityInterceptor):
@@ -413,10 +447,14 @@ class LocalIdentityInterceptor(_IdentityInterceptor):
         metrics: GatewayMetrics,
         *,
         roles: Mapping[str, frozenset[str]] = DEFAULT_ROLES,
+        revoked: Callable[[], Mapping[str, str]] | None = None,
         clock: Callable[[], dt.datetime] = _now,
     ) -> None:
+        """``revoked`` returns the current revoked certificates (fingerprint -> client name);
+        it is called on every call, so it must answer from memory."""
         super().__init__(metrics, clock)
         self._own_cas = own_cas
+        self._revoked = revoked
         self._cas_seen: Sequence[x509.Certificate] | None = None
         self._cas_key = 0
         self._own_code = own_code
@@ -438,5 +476,10 @@ class LocalIdentityInterceptor(_IdentityInterceptor):
             cert, local = _verify_local(pem, cas, self._own_code, now)
             self._cache.put(key, cert, local)
             peer = local
+        self.recheck(peer)  # after the cache, like suspension: no invalidation needed
         authorise_local(peer, method, self._roles)
         return peer
+
+    def recheck(self, peer: Peer) -> None:
+        if self._revoked is not None and isinstance(peer, LocalPeer):
+            refuse_revoked(peer, self._revoked())

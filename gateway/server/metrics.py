@@ -22,7 +22,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -236,6 +236,47 @@ class Histogram(_Family):
         return lines
 
 
+class Collected(_Family):
+    """A family whose series are all replaced at once by a collector at scrape time.
+
+    For figures read from the database or from another component's in-memory state on each
+    scrape (log sizes, lags, expiry times, fault counts kept by a replicator): the collector
+    hands over every current series, so a partner that was removed simply stops being
+    exported. ``kind`` is "gauge", or "counter" when the source only ever grows (a log's size,
+    a replicator's fault counts: those restart at 0 with the process, as counters may).
+    """
+
+    def __init__(
+        self, name: str, documentation: str, label_names: Sequence[str], kind: str
+    ) -> None:
+        if kind not in {"gauge", "counter"}:
+            raise ValueError(f"{name}: a collected family is a gauge or a counter, not {kind}")
+        super().__init__(name, documentation, label_names)
+        self.kind = kind
+        self._values: dict[LabelValues, float] = {}
+
+    def replace(self, values: Mapping[LabelValues, float]) -> None:
+        """Make ``values`` (labels -> value) the family's whole set of series."""
+        fresh = {self._key(labels): float(v) for labels, v in values.items()}
+        with self._lock:
+            self._values = fresh
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values = {}
+
+    def value(self, *labels: str) -> float | None:
+        with self._lock:
+            return self._values.get(self._key(labels))
+
+    def render(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        lines = self.header()
+        lines += [f"{_series(self.name, self.label_names, k)} {_format_value(v)}" for k, v in items]
+        return lines
+
+
 class Registry:
     """The metric families of one gateway process, rendered together for ``/metrics``."""
 
@@ -270,6 +311,13 @@ class Registry:
         self._add(family)
         return family
 
+    def collected(
+        self, name: str, documentation: str, labels: Sequence[str] = (), kind: str = "gauge"
+    ) -> Collected:
+        family = Collected(name, documentation, labels, kind)
+        self._add(family)
+        return family
+
     def families(self) -> Iterable[_Family]:
         with self._lock:
             return list(self._families.values())
@@ -282,15 +330,22 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
+#: Refreshes families right before a scrape renders them (see :meth:`GatewayMetrics.collect`).
+Collector = Callable[[], Awaitable[None]]
+
+
 class GatewayMetrics:
     """The metric families the serving layer updates, on one registry.
 
     Other parts of the gateway (replicators, publisher) register their own families on
-    :attr:`registry`; names are prefixed ``mragw_``.
+    :attr:`registry`; names are prefixed ``mragw_``. Figures that live in the database are
+    not pushed here by polling: a collector registered with :meth:`add_collector` reads them
+    when ``/metrics`` is scraped (:mod:`gateway.server.node_metrics`).
     """
 
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else Registry()
+        self._collectors: list[Collector] = []
         r = self.registry
         self.rpc_handled = r.counter(
             "mragw_grpc_handled_total",
@@ -299,8 +354,9 @@ class GatewayMetrics:
         )
         self.rpc_seconds = r.histogram(
             "mragw_grpc_handling_seconds",
-            "Handling time of unary-response gRPC calls (streams are not latencies).",
-            ("listener", "method"),
+            "Handling time of unary-response gRPC calls (streams are not latencies), by "
+            "listener, method and status code.",
+            ("listener", "method", "code"),
         )
         self.rpc_in_flight = r.gauge(
             "mragw_grpc_in_flight", "gRPC calls currently being handled.", ("listener",)
@@ -345,6 +401,16 @@ class GatewayMetrics:
             "Split views detected: two checkpoints of one log that cannot both be true.",
             ("log",),
         )
+
+    def add_collector(self, collector: Collector) -> None:
+        """Run ``collector`` before every rendering of ``/metrics``."""
+        self._collectors.append(collector)
+
+    async def collect(self) -> None:
+        """Refresh the scrape-time families; a collector handles (and exports) its own
+        failures, so one failing source never takes the process metrics down with it."""
+        for collector in self._collectors:
+            await collector()
 
 
 def _code_name(code: object) -> str:
@@ -402,5 +468,5 @@ class RpcMetricsInterceptor(GuardInterceptor):
             self._metrics.rpc_handled.inc(self._listener, method, code)
             if method not in self._streaming:
                 self._metrics.rpc_seconds.observe(
-                    time.perf_counter() - started, self._listener, method
+                    time.perf_counter() - started, self._listener, method, code
                 )

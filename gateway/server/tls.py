@@ -20,6 +20,12 @@ Partner listener:
 
 Admin listener: the node's own CA is the only client root; roles come from the certificate OU.
 
+HTTP listener off loopback (:class:`HttpServerTls`): an ``ssl.SSLContext`` with the node
+certificate, requiring a client certificate from our own CA(s) (ADR 0013). asyncio serves one
+fixed context, so its ``sni_callback`` (called at every handshake, SNI or not) swaps in a
+context rebuilt when a TLS rotation changed our certificate or CAs, as the fetchers above do.
+The key is read from its file with the node passphrase by OpenSSL itself: no unencrypted copy.
+
 Channels: a gateway dials a partner by address and checks the partner's certificate against
 the name ``<code lower>.mragw`` (``grpc.ssl_target_name_override``) and against that partner's
 CA only, presenting ``tls/node.pem``; the CLI dials the local admin listener with
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -186,6 +193,48 @@ def admin_server_credentials(node: Node) -> grpc.ServerCredentials:
         fetcher,  # type: ignore[arg-type]  # gRPC documents None as "unchanged"; stubs omit it
         require_client_authentication=True,
     )
+
+
+class HttpServerTls:
+    """The HTTP listener's TLS (see the module docstring): build once, hand :attr:`context`
+    to the server; every handshake gets the material current at that moment."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._state = self._current_state()
+        self._serving = self._build()
+        # The outer context is also the first one served; the callback replaces it per
+        # connection once our material changes.
+        self.context = self._build()
+        self.context.sni_callback = self._select
+
+    def _current_state(self) -> tuple[bytes, bytes]:
+        return (self._node.tls_identity(), hashlib.sha256(self._node.own_ca_pem()).digest())
+
+    def _build(self) -> ssl.SSLContext:
+        node = self._node
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=node.own_ca_pem().decode("ascii"))
+        folder = node.tls_dir()  # key and certificate from one directory (a switch may be due)
+        passphrase = node.passphrase or b""
+        # A callable, never None: OpenSSL would otherwise prompt on the terminal for the
+        # passphrase of an encrypted key.
+        context.load_cert_chain(
+            folder / "node.pem", folder / "node.key", password=lambda: passphrase
+        )
+        return context
+
+    def _select(self, conn: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        try:
+            state = self._current_state()
+            if state != self._state:
+                self._serving = self._build()
+                self._state = state
+        except Exception:
+            log.exception("building the HTTP listener's TLS context failed; keeping the old one")
+        conn.context = self._serving
 
 
 def mtls_channel(

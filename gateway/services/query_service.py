@@ -3,15 +3,17 @@
 A thin edge (the a2a-python handler style): requests become :class:`~gateway.query.Question`
 values, answers become ``CheckResponse`` messages field by field (the ``mragw check --json``
 document), and our errors become gRPC status codes through one table. Who may call is decided
-by the server layer (client certificate and role), never here.
+by the server layer (client certificate and role), never here; what an audited role asks
+is handed, before it is answered, to the optional :class:`QueryAudit` hooks (the trail lives in
+:mod:`gateway.clients`), and a failing hook refuses the call.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -28,6 +30,7 @@ from gateway.query import (
     TypeAnswer,
     WatchFilter,
 )
+from gateway.server.identity import PeerRejectedError, current_local_peer, recheck_peer
 from gateway.services.errors import abort_for
 from mra.v1 import log_pb2, query_pb2, query_pb2_grpc, records_pb2
 from registry.errors import RegistryError
@@ -212,18 +215,44 @@ def response_from_change(change: Change) -> query_pb2.WatchResponse:
 # --- the servicer ---------------------------------------------------------------------------
 
 
+class QueryAudit(Protocol):
+    """Records what a caller asks before it is answered (role and name from its TLS peer)."""
+
+    async def checked(
+        self, role: str, client: str, method: str, questions: Sequence[Question]
+    ) -> None: ...
+
+    async def watched(
+        self, role: str, client: str, filters: WatchFilter, after: int | None
+    ) -> None: ...
+
+
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Check, CheckMany and Watch over one :class:`Checker`."""
 
-    def __init__(self, checker: Checker, *, max_questions: int = MAX_QUESTIONS) -> None:
+    def __init__(
+        self,
+        checker: Checker,
+        *,
+        max_questions: int = MAX_QUESTIONS,
+        audit: QueryAudit | None = None,
+    ) -> None:
         self.checker = checker
         self.max_questions = max_questions
+        self.audit = audit
+
+    async def _audit_checks(self, method: str, questions: Sequence[Question]) -> None:
+        if self.audit is not None:
+            peer = current_local_peer()
+            await self.audit.checked(peer.role, peer.common_name, method, questions)
 
     async def Check(  # noqa: N802 - gRPC method name
         self, request: query_pb2.CheckRequest, context: Context
     ) -> query_pb2.CheckResponse:
         try:
-            answer = await self.checker.check(question_from_request(request))
+            question = question_from_request(request)
+            await self._audit_checks("Check", [question])
+            answer = await self.checker.check(question)
         except _OURS as error:
             await abort_for(context, error)
         return response_from_answer(answer)
@@ -237,6 +266,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                     f"{len(request.checks)} questions in one call: at most {self.max_questions}"
                 )
             questions = [question_from_request(q, n) for n, q in enumerate(request.checks)]
+            await self._audit_checks("CheckMany", questions)
             answers = await self.checker.check_many(questions)
         except _OURS as error:
             await abort_for(context, error)
@@ -247,7 +277,11 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     ) -> AsyncIterator[query_pb2.WatchResponse]:
         after = request.after_sequence if request.HasField("after_sequence") else None
         try:
-            feed = await self.checker.start_watch(after, filter_from_request(request))
+            filters = filter_from_request(request)
+            if self.audit is not None:
+                peer = current_local_peer()
+                await self.audit.watched(peer.role, peer.common_name, filters, after)
+            feed = await self.checker.start_watch(after, filters)
         except _OURS as error:
             await abort_for(context, error)
         # The starting point is fixed: initial metadata tells the client the stream is live.
@@ -257,12 +291,17 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         try:
             async with aclosing(feed):
                 async for change in feed:
+                    # A client revoked while the stream is open receives nothing more.
+                    recheck_peer()
                     yield response_from_change(change)
+        except PeerRejectedError as refused:
+            await context.abort(refused.status, refused.public)
         except _OURS as error:
             await abort_for(context, error)
 
 
 __all__ = [
+    "QueryAudit",
     "QueryServicer",
     "filter_from_request",
     "question_from_request",

@@ -75,7 +75,8 @@ entries = Table(
     Column("leaf_hash", LargeBinary(32), nullable=False),
     Column("envelope", LargeBinary, nullable=True),
     Column("payload_type", String(128), nullable=True),
-    # unverified | valid | invalid | revoked | erased | hash_only
+    # unverified | valid | invalid | revoked | early | erased | hash_only (and ``notice``,
+    # only inside the transaction that applies a partner's erasure notice: gateway.erasure)
     Column("sig_state", String(16), nullable=False),
     Column("signer", String(64), nullable=True),
     # Digest of the record with its salt cleared: publishing is idempotent on it (own log).
@@ -235,6 +236,23 @@ alerts = Table(
     Column("detail", Text, nullable=False),
     Column("cleared", Boolean, nullable=False, default=False),
     Index("ix_alerts_open", "cleared", "subject"),
+)
+
+# Local clients issued by ``mragw clients add``: each a certificate from our CA with one role.
+# Certificates of our CA that are not here (the init admin certificate) stay valid; a row with
+# ``revoked_at`` set is refused by a running gateway (matched on the certificate fingerprint).
+local_clients = Table(
+    "local_clients",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(32), nullable=False),
+    # Certificate serial number (lowercase hex) and SHA-256 of its DER (lowercase hex).
+    Column("serial", String(40), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("not_after", Float, nullable=False),
+    Column("added_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    UniqueConstraint("fingerprint", name="uq_local_clients_fingerprint"),
 )
 
 # Bumped by every change a running gateway must pick up (partners, dataset, publish).

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -568,13 +569,17 @@ async def _stopped_after(w: World, bad: int, words: tuple[str, ...]) -> None:
 
 
 async def test_entry_with_a_bad_signature_is_marked_invalid_and_quarantines(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.replication")
     async with hostile_world(tmp_path, db_url) as w:
         genuine = envelope_pb2.Envelope.FromString(w.envelope(eu_records()[0]))
         genuine.signatures[0].sig = _flip(genuine.signatures[0].sig, 5)
         bad = await _inject_consistent_bad_entry(w, genuine.SerializeToString())
         await _stopped_after(w, bad, ("invalid entry", str(bad)))
+        # The warning carries the partner and the entry index as log fields (JSON logs).
+        [line] = [r for r in caplog.records if r.name == "gateway.replication"]
+        assert (line.__dict__["partner"], line.__dict__["entry"]) == ("EU", bad)
         await w.resume_and_catch_up()
         # The invalid entry is never used: the DE holder is known from entry 0 only.
         answer = await w.gateway.checker.check(Question(operator_id="DE4711000012345", issuer="EU"))

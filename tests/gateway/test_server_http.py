@@ -164,7 +164,7 @@ async def test_status_page_escapes_every_value(http: StatusHttpServer) -> None:
     page = body.decode("utf-8")
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page
-    assert "<td>US</td>" in page
+    assert '<td class="admin">US</td>' in page
 
 
 @pytest.mark.parametrize(
@@ -296,6 +296,6 @@ def test_status_page_shows_witnesses_trust_and_alerts_escaped() -> None:
     assert "witnesses of its latest checkpoint: 2" in page
     assert "v4 renew_soon (expires 2026-12-01T00:00:00Z)" in page
     assert "split_view EU: EU showed &lt;b&gt;two&lt;/b&gt; roots" in page
-    assert "<td>v2 expired (expires 2026-11-01T00:00:00Z)</td>" in page
-    assert "<td>trust_expired: grace ended</td>" in page
-    assert "<td>4</td>" in page
+    assert '<td class="trust_state">v2 expired (expires 2026-11-01T00:00:00Z)</td>' in page
+    assert '<td class="trust_problem">trust_expired: grace ended</td>' in page
+    assert '<td class="unusable">4</td>' in page
