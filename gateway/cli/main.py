@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# gRPC's C core writes its own lines to stderr, outside Python logging (so outside the JSON
+# log format): keep it to errors unless the operator asks for more. Read once, when gRPC is
+# first imported, which the command modules below do.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 app = typer.Typer(
     name="mragw",

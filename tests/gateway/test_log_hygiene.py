@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from typer.testing import CliRunner
 
 from gateway import keys, logs
 from gateway.cli.main import app
+from gateway.server.runtime import read_runtime
 from gateway.server.tls import local_channel, mtls_channel, partner_channel
 from gateway.signatures import parse_envelope
 from gateway.storage.schema import entries, partners
@@ -440,10 +442,13 @@ def test_serve_writes_json_lines_to_stderr_when_asked(tmp_path: Path) -> None:
     listeners = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
     made = CliRunner().invoke(app, ["init", "--admin", "EU", "--home", str(home), *listeners])
     assert made.exit_code == 0, made.output
+    # Our default must keep gRPC's C core (which writes straight to stderr) quiet.
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
     process = subprocess.Popen(  # a real `mragw serve`, stopped the way systemd stops it
         [*MRAGW, "serve", "--home", str(home), "--log-format", "json", "--log-level", "debug"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=env,
     )
     assert process.stderr is not None
     first: list[bytes] = []
@@ -451,6 +456,15 @@ def test_serve_writes_json_lines_to_stderr_when_asked(tmp_path: Path) -> None:
         line = process.stderr.readline()
         assert line, f"serve ended early: {b''.join(first)!r}"
         first.append(line)
+    # A plaintext client on the mTLS port: the C core logs the failed handshake at info level
+    # unless GRPC_VERBOSITY keeps it quiet; such a line would not parse as JSON below.
+    running = read_runtime(home, check_alive=False)
+    assert running is not None
+    host, port = running.listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while plain.recv(4096):  # until the server closes the failed handshake
+            pass
     process.send_signal(signal.SIGTERM)
     rest, errors = process.communicate(timeout=60)
     assert process.returncode == 0, errors
