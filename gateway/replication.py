@@ -505,7 +505,16 @@ async def store_verdicts(
     conn: AsyncConnection, code: str, checks: Sequence[EntryCheck], indexed: Sequence[IndexedEntry]
 ) -> EntryCheck | None:
     """Store entry states and index the valid records, in the caller's transaction; an invalid
-    entry quarantines the partner (returned, the first one)."""
+    entry quarantines the partner (returned, the first one).
+
+    Nothing after the first invalid entry of ``checks`` is judged here: those entries stay
+    stored but unverified (never used) until an operator resumes the partner and they are
+    judged again. Which of them share a chunk with the invalid one depends on timing (queued
+    batches are stored together), so this keeps "what a quarantine leaves usable" exact."""
+    first_bad = min((c.index for c in checks if c.state == "invalid"), default=None)
+    if first_bad is not None:
+        checks = [c for c in checks if c.index <= first_bad]
+        indexed = [i for i in indexed if i.index < first_bad]
     await store_outcomes(conn, code, checks)
     if indexed:
         await index_records(conn, code, sorted(indexed, key=lambda i: i.index))

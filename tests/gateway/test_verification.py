@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from crypto.keys import PrivateKeySigner
 from crypto.merkle import leaf_hash
 from gateway.issuer_log import envelope_bytes
+from gateway.replication import store_verdicts
 from gateway.storage.schema import entries
 from gateway.storage.tiles import create_empty_log
 from gateway.trust import SigningKey, TrustStatement
-from gateway.verification import apply_revocations, check_entry, verify_pending
+from gateway.verification import EntryCheck, apply_revocations, check_entry, verify_pending
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 TYPE = "application/vnd.mra.v1.AeoStatus+protobuf"
@@ -152,3 +153,35 @@ async def test_an_unknown_key_waits_for_a_statement_refresh_before_it_counts_as_
         # A refresh after it arrived that still does not list the key: forged.
         checks = await verify_pending(conn, "EU", held, trust_checked_at=received + 1)
     assert [(c.index, c.state) for c in checks] == [(1, "invalid")]
+
+
+async def test_nothing_after_the_first_invalid_entry_of_a_chunk_is_judged(
+    engine: AsyncEngine,
+) -> None:
+    """Entries after an invalid one stay unverified (unused) until the partner is resumed,
+    whichever of them happened to be stored in the same chunk."""
+    key = PrivateKeySigner.generate()
+    async with engine.begin() as conn:
+        await store_unverified(
+            conn, [envelope_bytes(TYPE, f"p{i}".encode(), key) for i in range(4)]
+        )
+        checks = [
+            EntryCheck(0, "valid", signer="k"),
+            EntryCheck(1, "invalid", "signature does not verify"),
+            EntryCheck(2, "valid", signer="k"),
+            EntryCheck(3, "invalid", "signature does not verify"),
+        ]
+        first = await store_verdicts(conn, "EU", checks, [])
+    assert first is not None
+    assert first.index == 1
+    async with engine.connect() as conn:
+        states = (
+            (
+                await conn.execute(
+                    select(entries.c.sig_state).where(entries.c.log == "EU").order_by(entries.c.idx)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert list(states) == ["valid", "invalid", "unverified", "unverified"]
