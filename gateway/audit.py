@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,6 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.errors import InputError
 from gateway.storage.schema import audit, node_state
 from gateway.storage.upsert import insert_ignore
+
+if TYPE_CHECKING:
+    from gateway.node import Node
 
 GENESIS = bytes(32)
 #: The ``node_state`` key whose row serialises appends to the chain.
@@ -199,3 +202,32 @@ def operator_key(path: Path) -> bytes:
     if created is None:  # pragma: no cover - removed between link and read
         raise InputError(f"{path}: the audit operator key vanished while being created")
     return created
+
+
+# --- the listing `mragw audit` prints (locally or through a replica's ListAudit) ------------
+
+
+def operator_filter(keys_dir: Path, operator: str) -> str:
+    """The digest agency checks stored for ``operator``. Without this node's key no digest can
+    be recomputed, and answering "nobody checked it" would be a lie: that is bad input."""
+    if not normalise_operator_id(operator):
+        raise InputError("--operator: empty identifier")
+    path = keys_dir / OPERATOR_KEY_FILE
+    key = read_operator_key(path)
+    if key is None:
+        raise InputError(
+            f"--operator: no audit operator key in this home ({path.name}): no agency check "
+            "was audited with it, or the key is kept elsewhere"
+        )
+    return operator_digest(key, operator)
+
+
+async def audit_listing(
+    node: Node, *, last: int | None = None, operator: str | None = None
+) -> tuple[list[dict[str, Any]], AuditCheck]:
+    """The rows ``mragw audit`` lists and the verdict on the whole chain, from one snapshot so
+    that both describe the same rows."""
+    mentioning = None if operator is None else operator_filter(node.paths.keys, operator)
+    async with node.engine.begin() as conn:
+        rows = await audit_rows(conn, last=last, mentioning=mentioning)
+        return rows, await verify_audit_chain(conn)

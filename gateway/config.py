@@ -29,6 +29,9 @@ CONFIG_FILE = "mragw.toml"
 ENV_PREFIX = "MRAGW_"
 
 _ADMIN_CODE = re.compile(r"^[A-Z]{2,4}$")
+#: Bounds of ``cluster.takeover_s``.
+MIN_TAKEOVER_S = 0.5
+MAX_TAKEOVER_S = 3600.0
 
 
 class ConfigError(InputError):
@@ -124,6 +127,14 @@ class TrustSection:
 
 
 @dataclass(frozen=True)
+class ClusterSection:
+    # Several ``mragw serve`` replicas of one administration on one PostgreSQL: the longest a
+    # partner's replication (or a once-per-administration job) stays without a live holder
+    # after its holder died. Leases last 0.7 of it and are renewed every quarter of it.
+    takeover_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     node: NodeSection = field(default_factory=NodeSection)
@@ -133,6 +144,7 @@ class Config:
     replication: ReplicationSection = field(default_factory=ReplicationSection)
     keys: KeysSection = field(default_factory=KeysSection)
     trust: TrustSection = field(default_factory=TrustSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
     @property
     def admin(self) -> str:
@@ -160,6 +172,7 @@ SECTIONS: dict[str, type[Any]] = {
     "replication": ReplicationSection,
     "keys": KeysSection,
     "trust": TrustSection,
+    "cluster": ClusterSection,
 }
 
 
@@ -253,6 +266,18 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             "replication.silent_after_s: must not be negative (0 turns the alert off), "
             f"got {config.replication.silent_after_s!r}"
+        )
+    takeover = config.cluster.takeover_s
+    if not takeover > 0 or takeover == float("inf"):  # ``not >`` also refuses NaN
+        raise ConfigError(
+            f"cluster.takeover_s: must be a positive number of seconds, got {takeover!r}"
+        )
+    if not MIN_TAKEOVER_S <= takeover <= MAX_TAKEOVER_S:
+        # Below: replicas would renew leases many times a second; above: a dead replica's
+        # partners would go unreplicated for more than an hour.
+        raise ConfigError(
+            f"cluster.takeover_s: must be between {MIN_TAKEOVER_S} and {MAX_TAKEOVER_S} "
+            f"seconds, got {takeover!r}"
         )
     if config.limits.publish_chunk > 10_000:
         raise ConfigError("limits.publish_chunk: at most 10000 records per transaction")

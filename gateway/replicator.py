@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 from crypto.envelope import envelope_from_json
 from crypto.errors import CryptoError
 from gateway.audit import record_action
+from gateway.cluster import replication_lease
 from gateway.datasets import active_recogniser
 from gateway.errors import GatewayError
 from gateway.exchange import Batch, LogItem
@@ -863,19 +864,38 @@ class Replicator:
             self._backoff = min(ceiling, self._backoff * 2)
 
 
+class LeaseGate(Protocol):
+    """Which leases this replica holds now (gateway.cluster.LeaseKeeper)."""
+
+    def holds(self, lease: str) -> bool: ...
+
+    def held(self) -> frozenset[str]: ...
+
+    async def wait_changed(self, within: float | None = None) -> None: ...
+
+
 class ReplicationManager:
-    """Runs one replicator per pinned partner that is neither suspended nor quarantined."""
+    """Runs one replicator per pinned partner that is neither suspended nor quarantined and
+    whose lease ``replication:<code>`` this replica holds (with ``leases``; without, every
+    such partner: one gateway process alone).
+
+    A lost lease cancels that replicator at once. A replicator cancelled while its store
+    transaction runs cannot fork or duplicate: the transaction is guarded by the stored head it
+    extends and by the partner row, so a replica that overlapped with the new holder fails its
+    store instead of writing (docs/adr/0015-scale-out-on-postgresql.md)."""
 
     def __init__(
         self,
         node: Node,
         open_transport: OpenTransport,
         on_applied: Callable[[], None] | None = None,
+        leases: LeaseGate | None = None,
     ) -> None:
         self.node = node
         self.open_transport = open_transport
         # Called after a batch of a partner's entries became usable (wakes Watch streams).
         self.on_applied = on_applied
+        self.leases = leases
         self.replicators: dict[str, Replicator] = {}
         self._tasks: dict[str, asyncio.Task[str]] = {}
 
@@ -894,8 +914,21 @@ class ReplicationManager:
             ).scalars()
             return set(rows)
 
+    async def _stop_unheld(self) -> None:
+        for code, task in list(self._tasks.items()):
+            if not self._held(code):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                del self._tasks[code]
+                self.replicators[code].status.connected = False
+                log.info("replication of %s stopped here: lease not held", code)
+
+    def _held(self, code: str) -> bool:
+        return self.leases is None or self.leases.holds(replication_lease(code))
+
     async def reconcile(self) -> None:
-        wanted = await self._eligible()
+        wanted = {code for code in await self._eligible() if self._held(code)}
         for code, task in list(self._tasks.items()):
             if code not in wanted or task.done():
                 task.cancel()
@@ -910,21 +943,41 @@ class ReplicationManager:
             self._tasks[code] = asyncio.create_task(replicator.run(), name=f"replicate-{code}")
 
     async def run(self) -> None:
-        """Reconcile at start and whenever the partners change (polled, so CLI changes count)."""
+        """Reconcile at start, whenever the partners change (polled, so CLI changes count) and
+        the moment a lease is taken or lost."""
         seen = -1
+        leases: frozenset[str] | None = None
         try:
             while True:
-                async with self.node.engine.connect() as conn:
-                    version = (
-                        await conn.execute(
-                            select(node_state.c.value).where(node_state.c.key == "partners")
-                        )
-                    ).scalar_one()
-                finished = any(t.done() for t in self._tasks.values())
-                if version != seen or finished:
-                    seen = version
-                    await self.reconcile()
-                await asyncio.sleep(self.node.config.replication.poll_interval_s)
+                held = self.leases.held() if self.leases is not None else None
+                if held != leases:
+                    leases = held
+                    seen = -1
+                    # A lost lease stops its replicator without asking the database (which
+                    # may be what is unreachable): another replica may hold it by now.
+                    await self._stop_unheld()
+                try:
+                    async with self.node.engine.connect() as conn:
+                        version = (
+                            await conn.execute(
+                                select(node_state.c.value).where(node_state.c.key == "partners")
+                            )
+                        ).scalar_one()
+                    finished = any(t.done() for t in self._tasks.values())
+                    if version != seen or finished:
+                        seen = version
+                        await self.reconcile()
+                except Exception as error:
+                    if self.leases is None:
+                        raise
+                    # One replica among several: keep gating on leases, try again next time.
+                    log.warning("replication manager: reading partners failed: %s", error)
+                    seen = -1
+                interval = self.node.config.replication.poll_interval_s
+                if self.leases is None:
+                    await asyncio.sleep(interval)
+                else:
+                    await self.leases.wait_changed(interval)
         finally:
             for task in self._tasks.values():
                 task.cancel()

@@ -6,16 +6,23 @@ Background work of a running gateway:
 - the disclosure job: at start, after partner or dataset changes, and daily;
 - witness gossip: cosigned checkpoints exchanged with each partner every
   ``trust.witness_interval_s`` (split-view detection, see :mod:`gateway.witness`).
+
+Several replicas of one administration may share the database (gateway.cluster). The lease
+keeper registers this replica and holds leases: each partner's replicator runs only in the
+replica holding ``replication:<code>``, and the jobs that must run once per administration
+(``ONCE_PER_ADMINISTRATION``) only under ``job:<name>``. The log watcher, the partner refresh
+loop, HTTP, metrics and every RPC run in every replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,14 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.clients import QueryAuditTrail
+from gateway.cluster import (
+    LeaseKeeper,
+    ReplicaAddress,
+    default_replica_name,
+    job_lease,
+    run_while_held,
+    validate_replica_name,
+)
 from gateway.config import build_config, config_document
 from gateway.disclosure import disclose
 from gateway.exchange import ExchangeHandler, LogWatcher
@@ -49,12 +64,19 @@ from gateway.witness_gossip import WitnessGossip
 
 log = logging.getLogger("mragw.serve")
 
+Job = Callable[[], Coroutine[Any, Any, None]]
+
 KEY_SCHEDULE_PERIOD_S = 1.0
 #: Longest the key schedule goes without reading the trust statement.
 KEY_SCHEDULE_RECHECK_S = 60.0
 #: Seconds between looks for expiring keys, certificates, statements and silent partners.
 ALERT_CHECK_PERIOD_S = 60.0
 DISCLOSURE_PERIOD_S = 24 * 3600.0
+#: Background jobs that run in one replica at a time, each under lease ``job:<name>``:
+#: disclosure and key-schedule append to or re-sign our log (done twice they would race for
+#: the head and, for disclosure, could re-publish the same record twice); alerts would be
+#: raised twice; witness gossip would double the cosigning traffic to every partner.
+ONCE_PER_ADMINISTRATION = ("disclosure", "key-schedule", "alerts", "witness")
 
 
 def with_overrides(node: Node, overrides: Mapping[str, str]) -> Node:
@@ -69,8 +91,18 @@ def with_overrides(node: Node, overrides: Mapping[str, str]) -> Node:
 class Gateway:
     """One administration's running gateway (in this process)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, replica_name: str | None = None) -> None:
+        """``replica_name``: this replica's name among the replicas sharing the database
+        (validated; default ``<hostname>-<pid>``)."""
         self.node = node
+        self.replica_name = validate_replica_name(replica_name or default_replica_name())
+        self.keeper = LeaseKeeper(
+            node.engine,
+            self.replica_name,
+            node.config.cluster.takeover_s,
+            address=self._address,
+            jobs=ONCE_PER_ADMINISTRATION,
+        )
         self.watcher = LogWatcher(
             node.engine, node.admin, min(0.1, node.config.replication.poll_interval_s)
         )
@@ -80,7 +112,7 @@ class Gateway:
         )
         self.checker = Checker.for_node(node)
         self.replication = ReplicationManager(
-            node, self.open_transport, on_applied=self.checker.notify
+            node, self.open_transport, on_applied=self.checker.notify, leases=self.keeper
         )
         metrics = GatewayMetrics()
         # Read from the database and the replicators on each /metrics scrape.
@@ -93,16 +125,36 @@ class Gateway:
             admin=AdminServicer(node, self._actor, self.status, on_publish=self._published),
             status=self.status,
             background={
+                "leases": self.keeper.run,
                 "log-watcher": self.watcher.run,
                 "replication": self.replication.run,
-                "disclosure": self.disclosure_job,
-                "key-schedule": self.key_schedule_job,
-                "alerts": self.alert_job,
+                **self._once_per_administration(
+                    {
+                        "disclosure": self.disclosure_job,
+                        "key-schedule": self.key_schedule_job,
+                        "alerts": self.alert_job,
+                        "witness": self.witness.run,
+                    }
+                ),
                 "drain-follower": self._follow_draining,
-                "witness": self.witness.run,
             },
             metrics=metrics,
+            replica=self.replica_name,
         )
+
+    def _once_per_administration(self, jobs: Mapping[str, Job]) -> dict[str, Job]:
+        """Each job wrapped to run only while this replica holds its ``job:<name>`` lease."""
+        return {
+            name: functools.partial(run_while_held, self.keeper, job_lease(name), job)
+            for name, job in jobs.items()
+        }
+
+    def _address(self) -> ReplicaAddress:
+        """Where this replica listens, for the ``replicas`` table (empty before start)."""
+        if self.server.serving:
+            listeners = self.server.listeners
+            return ReplicaAddress(listeners.partner, listeners.admin_target, listeners.http_url)
+        return ReplicaAddress()
 
     def _may_read(self, code: str) -> str | None:
         """Re-checked before every batch of an open stream (the call's check is long past)."""
@@ -136,6 +188,7 @@ class Gateway:
             self.server.listeners.http_url if self.server.serving else None,
             trust_problem=self._trust_problem,
             recent_faults=self._recent_faults,
+            replica=self.replica_name,
         )
 
     def _recent_faults(self, code: str) -> list[tuple[float, str, str]]:
@@ -242,6 +295,8 @@ class Gateway:
 
     async def run(self) -> None:
         await ping(self.node.engine)
+        # Before any listener binds: a second live replica of this name is refused here.
+        await self.keeper.claim()
         # Everything loaded so far (modules, the registry index, ORM metadata: ~100,000
         # objects) lives as long as the process; frozen, the cyclic collector stops scanning
         # it on every full collection, which took a fifth of a CheckMany's time.
@@ -256,10 +311,14 @@ class Gateway:
             close_verifier_pool()
 
 
-async def run_gateway(home: Path, overrides: Mapping[str, str]) -> None:
+async def run_gateway(
+    home: Path, overrides: Mapping[str, str], replica_name: str | None = None
+) -> None:
     """Serve until stopped. Logging is the caller's (``mragw serve`` uses gateway.logs)."""
+    if replica_name is not None:
+        validate_replica_name(replica_name)  # before opening anything
     node = with_overrides(Node.open(home), overrides)
-    gateway = Gateway(node)
+    gateway = Gateway(node, replica_name)
     try:
         await gateway.run()
     finally:

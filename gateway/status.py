@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.checkpoint import parse_note
 from crypto.errors import CryptoError
 from gateway.alerts import open_alerts
+from gateway.cluster import database_now, read_leases, read_replicas, replication_lease
 from gateway.datasets import active_recogniser
 from gateway.errors import GatewayError
 from gateway.node import Node
@@ -149,7 +151,10 @@ async def node_status(
     http_url: str | None = None,
     trust_problem: TrustProblems | None = None,
     recent_faults: RecentFaults | None = None,
+    *,
+    replica: str | None = None,
 ) -> dict[str, Any]:
+    """``replica``: the name of the running replica answering (None: the CLI alone)."""
     async with node.engine.connect() as conn:
         own = (
             await conn.execute(select(logs.c.size).where(logs.c.code == node.admin))
@@ -187,6 +192,8 @@ async def node_status(
         witnesses = await witness_counts(conn)
         alerts = await open_alerts(conn)
         own_statement = await node.trust_statement(conn)
+        cluster = await cluster_status(conn, node.config.cluster.takeover_s)
+    holders = {lease["name"]: lease["holder"] for lease in cluster["leases"] if lease["live"]}
     now = time.time()
     lags = {
         r.code: replication_lag(
@@ -226,6 +233,8 @@ async def node_status(
                 "checkpoint": _checkpoint_summary(
                     r.checkpoint, int(r.checkpoint_size or 0), r.verified_at
                 ),
+                # The replica whose replicator follows this partner now (None: none live).
+                "lease_holder": holders.get(replication_lease(r.code)),
             }
             for r in rows
         ],
@@ -238,4 +247,41 @@ async def node_status(
         report["rejections"] = recent_rejections([r.code for r in rows], recent_faults)
     report["http_url"] = http_url
     report["metrics_url"] = metrics_url(http_url)
+    report["replicas"] = cluster["replicas"]
+    report["leases"] = cluster["leases"]
+    if replica is not None:
+        report["replica"] = replica
     return report
+
+
+async def cluster_status(conn: AsyncConnection, takeover_s: float) -> dict[str, Any]:
+    """The replicas sharing this database and the leases, judged by the database's clock.
+
+    ``alive``: not stopped and a heartbeat within ``takeover_s``; ``live`` (a lease): held and
+    not expired."""
+    now = await database_now(conn)
+    return {
+        "replicas": [
+            {
+                "name": r.name,
+                "host": r.host,
+                "pid": r.pid,
+                "listen": r.listen,
+                "admin_target": r.admin_target,
+                "http_url": r.http_url,
+                "started_at": _utc(r.started_at),
+                "heartbeat_at": _utc(r.heartbeat_at),
+                "alive": r.alive(now, takeover_s),
+            }
+            for r in await read_replicas(conn)
+        ],
+        "leases": [
+            {
+                "name": lease.name,
+                "holder": lease.holder or None,
+                "expires_at": _utc(lease.expires_at),
+                "live": lease.live(now),
+            }
+            for lease in await read_leases(conn)
+        ],
+    }

@@ -120,6 +120,8 @@ class Host:
     fingerprint: str = ""
     bundle: Path | None = None
     starts: int = 0
+    # Extra `mragw serve` arguments (a replica's --replica-name, --listen, --admin-listen).
+    serve_args: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -199,8 +201,9 @@ class Host:
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start #{self.starts} at {time.time():.3f} =====\n".encode())
             log.flush()
+            serve = ["serve", "--home", str(self.home), *self.serve_args]
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, MRAGW, "serve", "--home", str(self.home)],
+                ["ip", "netns", "exec", self.ns, MRAGW, *serve],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text
-from gateway.cli.node_cmd import HomeOption, JsonOption, run_on_node
+from gateway.cli.node_cmd import HomeOption, JsonOption, TargetOption, run_on_node
 from gateway.node import Node
 
 app = typer.Typer(help="Alerts raised by the gateway (split views, ...).", no_args_is_help=True)
@@ -18,12 +18,16 @@ app = typer.Typer(help="Alerts raised by the gateway (split views, ...).", no_ar
 def list_(
     home: HomeOption,
     all_: Annotated[bool, typer.Option("--all", help="Include cleared alerts.")] = False,
+    target: TargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Open alerts, oldest first."""
     from gateway.alerts import list_alerts
+    from gateway.cli.remote import remote_alerts
 
     async def body(node: Node) -> list[dict[str, Any]]:
+        if target:
+            return await remote_alerts(node, target, include_cleared=all_)
         return await list_alerts(node, include_cleared=all_)
 
     found = run_on_node(home, body)
@@ -43,12 +47,16 @@ def clear(
     subject: Annotated[
         str | None, typer.Option("--subject", help="Clear every open alert about this code.")
     ] = None,
+    target: TargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Clear an alert after investigating it (audited)."""
     from gateway.alerts import clear_alerts
+    from gateway.cli.remote import remote_clear_alerts
 
     async def body(node: Node) -> int:
+        if target:
+            return await remote_clear_alerts(node, target, alert_id=alert_id, subject=subject)
         return await clear_alerts(node, alert_id=alert_id, subject=subject, actor="cli")
 
     cleared = run_on_node(home, body)

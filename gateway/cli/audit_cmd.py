@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text
-from gateway.cli.node_cmd import HomeOption, JsonOption, run_on_node
-from gateway.errors import CheckFailedError, InputError
+from gateway.cli.node_cmd import HomeOption, JsonOption, TargetOption, run_on_node
+from gateway.errors import CheckFailedError
 from gateway.node import Node
 
 
@@ -35,19 +35,20 @@ def audit(
             help="List only the checks about this operator identifier (EORI, MID, ...).",
         ),
     ] = None,
+    target: TargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Who did what and when: every admin action and every check by an agency client, oldest
     first, and whether the hash chain over them is intact. Exit 0 intact, 1 broken (naming
     the first bad row)."""
-    from gateway.audit import audit_rows, verify_audit_chain
+    from gateway.audit import audit_listing
+    from gateway.cli.remote import remote_audit
 
     async def body(node: Node) -> tuple[list[dict[str, Any]], Any]:
-        mentioning = None if operator is None else _operator_digest(node, operator)
-        # One snapshot for both, so the listing and the verdict describe the same rows.
-        async with node.engine.begin() as conn:
-            rows = await audit_rows(conn, last=last, mentioning=mentioning)
-            return rows, await verify_audit_chain(conn)
+        if target:
+            # The replica hashes --operator with the node's key (the same file in the home).
+            return await remote_audit(node, target, last=last, operator=operator)
+        return await audit_listing(node, last=last, operator=operator)
 
     rows, chain = run_on_node(home, body)
     if json_out:
@@ -69,28 +70,6 @@ def audit(
             emit_text(f"chain intact: {chain.rows} action(s)")
     if not chain.ok:
         raise CheckFailedError(f"audit chain broken: {chain.problem}")
-
-
-def _operator_digest(node: Node, operator: str) -> str:
-    """The digest agency checks stored for ``operator``. Without this home's key no digest can
-    be recomputed, and answering "nobody checked it" would be a lie: that is bad input."""
-    from gateway.audit import (
-        OPERATOR_KEY_FILE,
-        normalise_operator_id,
-        operator_digest,
-        read_operator_key,
-    )
-
-    if not normalise_operator_id(operator):
-        raise InputError("--operator: empty identifier")
-    path = node.paths.keys / OPERATOR_KEY_FILE
-    key = read_operator_key(path)
-    if key is None:
-        raise InputError(
-            f"--operator: no audit operator key in this home ({path.name}): no agency check "
-            "was audited with it, or the key is kept elsewhere"
-        )
-    return operator_digest(key, operator)
 
 
 def _compact(detail: Any) -> str:

@@ -11,6 +11,18 @@ import typer
 
 from gateway.cli.conventions import ExitCode, command, emit_json, emit_text, say
 from gateway.cli.node_cmd import HomeOption, JsonOption
+from gateway.cli.target import (
+    OFFLINE_SCHEMA,
+    WRITES_HOME,
+    HomeOnlyTargetOption,
+    refuse_target,
+)
+
+# Why `backup` runs on the home (it completes "`mragw backup` ...").
+COPIES_HOME = (
+    "copies the home's own files (config, keys and, on SQLite, the database) into a local "
+    "archive; a replica never sends private keys over the network"
+)
 
 db_app = typer.Typer(help="The node's database schema (Alembic).", no_args_is_help=True)
 
@@ -23,11 +35,14 @@ def register(app: typer.Typer) -> None:
     def backup(
         home: HomeOption,
         out: Annotated[Path, typer.Option("--out", help="The archive to write (a new file).")],
+        target: HomeOnlyTargetOption = None,
         json_out: JsonOption = False,
     ) -> None:
         """A consistent copy of a node (safe while it serves): config, keys and, on SQLite,
         the database, in one tar archive with a manifest. Mode 0600: it holds private keys."""
         from gateway.backup import backup_node
+
+        refuse_target(target, "backup", COPIES_HOME)
 
         report = backup_node(home, out)
         if json_out:
@@ -64,10 +79,13 @@ def register(app: typer.Typer) -> None:
                 "archive): refuse any other file.",
             ),
         ] = None,
+        target: HomeOnlyTargetOption = None,
         json_out: JsonOption = False,
     ) -> None:
         """Check every member of a backup, then restore it into --home."""
         from gateway.backup import restore_node
+
+        refuse_target(target, "restore", WRITES_HOME)
 
         report = restore_node(
             source, home, force=force, accept_rollback=accept_rollback, expect_sha256=sha256
@@ -117,8 +135,11 @@ def _state(current: str | None, head: str) -> str:
 
 @db_app.command("status")
 @command
-def status(home: HomeOption, json_out: JsonOption = False) -> None:
+def status(
+    home: HomeOption, target: HomeOnlyTargetOption = None, json_out: JsonOption = False
+) -> None:
     """The database's schema revision and this software's newest (exit 1 when they differ)."""
+    refuse_target(target, "db status", OFFLINE_SCHEMA)
     report = _schema_report(home)
     report["state"] = _state(report["current"], report["head"])
     if json_out:
@@ -133,8 +154,11 @@ def status(home: HomeOption, json_out: JsonOption = False) -> None:
 
 @db_app.command("upgrade")
 @command
-def upgrade(home: HomeOption, json_out: JsonOption = False) -> None:
+def upgrade(
+    home: HomeOption, target: HomeOnlyTargetOption = None, json_out: JsonOption = False
+) -> None:
     """Run the Alembic migrations up to this software's newest revision (audited)."""
+    refuse_target(target, "db upgrade", OFFLINE_SCHEMA)
     from gateway.audit import record_action
     from gateway.config import load_config
     from gateway.errors import InputError

@@ -84,7 +84,7 @@ async def remote_check_document(
     """The same document, asked of a running gateway's QueryService over mTLS (``--target``)."""
     import grpc
 
-    from gateway.cli.remote import RPC_TIMEOUT_S, translate_rpc_error
+    from gateway.cli.remote import RPC_TIMEOUT_S, checked_target, translate_rpc_error
     from gateway.node import Node
     from gateway.server.tls import local_channel
     from gateway.services.query_service import document_from_response
@@ -110,7 +110,7 @@ async def remote_check_document(
         request.at = at
     node = Node.open(home)
     try:
-        where = target or ""
+        where = checked_target(target or "")
         async with local_channel(node, where) as channel:
             stub = query_pb2_grpc.QueryServiceStub(channel)
             try:

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text, say
-from gateway.cli.node_cmd import HomeOption, JsonOption, run_on_node
+from gateway.cli.node_cmd import HomeOption, JsonOption, TargetOption, run_on_node
+from gateway.cli.target import PRIVATE_KEY_HERE, HomeOnlyTargetOption, refuse_target
 from gateway.node import Node
 
 app = typer.Typer(
@@ -33,10 +34,13 @@ def add(
         int | None,
         typer.Option("--days", help="Certificate validity in days (default keys.tls_leaf_days)."),
     ] = None,
+    target: HomeOnlyTargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Issue a key and certificate for a local client and record it (audited)."""
     from gateway.clients import add_client
+
+    refuse_target(target, "clients add", PRIVATE_KEY_HERE)
 
     async def body(node: Node) -> dict[str, Any]:
         issued = await add_client(node, name, role, out, actor="cli", days=days)
@@ -55,11 +59,17 @@ def add(
 
 @app.command("list")
 @command
-def list_(home: HomeOption, json_out: JsonOption = False) -> None:
+def list_(home: HomeOption, target: TargetOption = None, json_out: JsonOption = False) -> None:
     """Every local client added with ``clients add``, by name, with its state."""
+    from gateway.cli.remote import remote_clients
     from gateway.clients import list_clients
 
-    clients = [c.to_json() for c in run_on_node(home, list_clients)]
+    async def body(node: Node) -> list[dict[str, Any]]:
+        if target:
+            return await remote_clients(node, target)
+        return [c.to_json() for c in await list_clients(node)]
+
+    clients = run_on_node(home, body)
     if json_out:
         emit_json({"clients": clients})
         return
@@ -69,12 +79,17 @@ def list_(home: HomeOption, json_out: JsonOption = False) -> None:
 
 @app.command("revoke")
 @command
-def revoke(name: NameArgument, home: HomeOption, json_out: JsonOption = False) -> None:
-    """Revoke a local client's certificate (audited); a running gateway refuses it within
+def revoke(
+    name: NameArgument, home: HomeOption, target: TargetOption = None, json_out: JsonOption = False
+) -> None:
+    """Revoke a local client's certificate (audited); every running replica refuses it within
     its refresh interval, without a restart."""
+    from gateway.cli.remote import remote_revoke_client
     from gateway.clients import revoke_client
 
     async def body(node: Node) -> dict[str, Any]:
+        if target:
+            return await remote_revoke_client(node, target, name)
         return (await revoke_client(node, name, actor="cli")).to_json()
 
     report = run_on_node(home, body)

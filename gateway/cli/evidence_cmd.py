@@ -19,9 +19,10 @@ import typer
 
 from gateway.cli.check_cmd import AtOption, ModeOption
 from gateway.cli.conventions import ExitCode, command, emit_json, emit_text, say
+from gateway.cli.target import NO_NODE, HomeOnlyTargetOption, refuse_target
 
 if TYPE_CHECKING:
-    from gateway.evidence_verify import EvidenceError
+    from gateway.evidence_verify import EvidenceError, EvidenceReport
 
 
 def register(app: typer.Typer) -> None:
@@ -57,41 +58,47 @@ def evidence(
         bool, typer.Option("--strict", help="Never use a signature date for an effective date.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            metavar="HOST:PORT",
+            help="Have a running gateway build the bundle (verified again here) instead of "
+            "reading the database.",
+        ),
+    ] = None,
 ) -> None:
     """Write a self-contained evidence bundle for one answer: the signed entry, its inclusion
     proof, the checkpoint with cosignatures, trust chains, the record and the registry dataset.
     Exit 0 written, 2 bad question or nothing to prove, 3 database unreachable."""
-    from gateway.evidence import EvidenceRequest, ProducedEvidence, build_evidence
+    from gateway.evidence import EvidenceRequest, build_evidence
     from gateway.node import Node
 
-    async def produce() -> ProducedEvidence:
+    question = EvidenceRequest(
+        operator=operator, issuer=issuer, at=at, mode=mode, scheme=scheme, type=type_, strict=strict
+    )
+
+    async def produce() -> tuple[bytes, EvidenceReport, tuple[str, ...]]:
+        from gateway.cli.remote import remote_evidence
+
         node = Node.open(home)
         try:
-            return await build_evidence(
-                node,
-                EvidenceRequest(
-                    operator=operator,
-                    issuer=issuer,
-                    at=at,
-                    mode=mode,
-                    scheme=scheme,
-                    type=type_,
-                    strict=strict,
-                ),
-            )
+            if target:
+                return await remote_evidence(node, target, question)
+            produced = await build_evidence(node, question)
+            return produced.data, produced.report, produced.skipped
         finally:
             await node.close()
 
-    produced = asyncio.run(produce())
+    data, report, skipped = asyncio.run(produce())
     # Written whole or not at all: a reader never sees half a bundle.
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(produced.data)
+    tmp.write_bytes(data)
     os.replace(tmp, out)
-    for line in produced.skipped:
+    for line in skipped:
         say(f"warning: cosignature left out: {line}")
-    report = produced.report
     if as_json:
-        emit_json({"out": str(out), "skipped": list(produced.skipped), **report.to_json()})
+        emit_json({"out": str(out), "skipped": list(skipped), **report.to_json()})
         return
     a = report.answer
     verdict = "RECOGNISED" if a["recognised"] else "NOT RECOGNISED"
@@ -117,11 +124,14 @@ def verify(
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    target: HomeOnlyTargetOption = None,
 ) -> None:
     """Verify an evidence bundle offline and say what it proves. Exit 0 verified, 1 failed
     (naming the part), 2 bad usage or unreadable file."""
     from gateway.errors import InputError
     from gateway.evidence_verify import MAX_EVIDENCE_BYTES, EvidenceError, verify_evidence
+
+    refuse_target(target, "verify", NO_NODE)
 
     anchors = [t.strip().lower() for t in trust]
     if not anchors:

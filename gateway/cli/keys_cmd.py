@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text
-from gateway.cli.node_cmd import HomeOption, JsonOption, run_on_node
+from gateway.cli.node_cmd import HomeOption, JsonOption, TargetOption, run_on_node
+from gateway.cli.target import NEEDS_ROOT_KEY, HomeOnlyTargetOption, refuse_target
 from gateway.node import Node
 
 keys_app = typer.Typer(
@@ -56,11 +57,15 @@ def _print_statement(report: dict[str, Any], headline: str) -> None:
 
 @keys_app.command("list")
 @command
-def list_(home: HomeOption, json_out: JsonOption = False) -> None:
+def list_(home: HomeOption, target: TargetOption = None, json_out: JsonOption = False) -> None:
     """The root key, signing keys (with windows and revocations) and TLS CAs in use."""
-    from gateway.keys import list_keys
+    from gateway.cli.remote import remote_keys
+    from gateway.keys import KeyInfo, list_keys
 
-    keys = run_on_node(home, list_keys)
+    async def body(node: Node) -> list[KeyInfo]:
+        return await (remote_keys(node, target) if target else list_keys(node))
+
+    keys = run_on_node(home, body)
     if json_out:
         emit_json({"keys": [k.to_json() for k in keys]})
         return
@@ -83,10 +88,13 @@ def rotate(
     tls: Annotated[bool, typer.Option("--tls", help="Rotate the TLS CA and certificates.")] = False,
     root: Annotated[bool, typer.Option("--root", help="Rotate the root key.")] = False,
     overlap: OverlapOption = None,
+    target: HomeOnlyTargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Publish a new key in a new trust statement; it is used after the overlap period."""
     from gateway.keys import KeyCommandError, rotate_root, rotate_signing, rotate_tls
+
+    refuse_target(target, "keys rotate", NEEDS_ROOT_KEY)
 
     chosen = [name for name, flag in (("signing", signing), ("tls", tls), ("root", root)) if flag]
     if len(chosen) != 1:
@@ -128,11 +136,14 @@ def revoke(
         bool,
         typer.Option("--republish", help="Re-sign the affected records with a valid key."),
     ] = False,
+    target: HomeOnlyTargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Revoke a signing key from a log index: partners reject what it signed from there on."""
     from gateway.keys import republish as republish_records
     from gateway.keys import revoke as revoke_key
+
+    refuse_target(target, "keys revoke", NEEDS_ROOT_KEY)
 
     async def body(node: Node) -> dict[str, Any]:
         statement = await revoke_key(
@@ -157,11 +168,15 @@ def revoke(
 
 @keys_app.command("republish")
 @command
-def republish(home: HomeOption, json_out: JsonOption = False) -> None:
+def republish(home: HomeOption, target: TargetOption = None, json_out: JsonOption = False) -> None:
     """Re-sign with a valid key the records of our entries that a revocation made unusable."""
+    from gateway.cli.remote import remote_republish
     from gateway.keys import republish as republish_records
 
-    count = run_on_node(home, republish_records)
+    async def body(node: Node) -> int:
+        return await (remote_republish(node, target) if target else republish_records(node))
+
+    count = run_on_node(home, body)
     if json_out:
         emit_json({"republished": count})
     else:
@@ -170,11 +185,14 @@ def republish(home: HomeOption, json_out: JsonOption = False) -> None:
 
 @trust_app.command("show")
 @command
-def show(home: HomeOption, json_out: JsonOption = False) -> None:
+def show(home: HomeOption, target: TargetOption = None, json_out: JsonOption = False) -> None:
     """Our current trust statement: version, expiry, keys."""
+    from gateway.cli.remote import remote_trust
     from gateway.status import trust_state
 
     async def body(node: Node) -> dict[str, Any]:
+        if target:
+            return await remote_trust(node, target)
         async with node.engine.connect() as conn:
             statement = await node.trust_statement(conn)
         state = trust_state(node, statement)
@@ -198,10 +216,13 @@ def renew(
         int | None,
         typer.Option("--days", help="Lifetime (default: keys.trust_statement_days).", min=1),
     ] = None,
+    target: HomeOnlyTargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Re-sign our trust statement with the root key, with a fresh expiry."""
     from gateway.keys import renew as renew_statement
+
+    refuse_target(target, "trust renew", NEEDS_ROOT_KEY)
 
     async def body(node: Node) -> dict[str, Any]:
         return _statement_report(await renew_statement(node, days=days))

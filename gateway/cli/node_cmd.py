@@ -22,6 +22,7 @@ from gateway.cli.conventions import (
     say,
     spinner,
 )
+from gateway.cli.target import WRITES_HOME, HomeOnlyTargetOption, refuse_target
 from gateway.errors import InputError
 from gateway.node import Node
 
@@ -48,7 +49,8 @@ TargetOption = Annotated[
     typer.Option(
         "--target",
         metavar="HOST:PORT",
-        help="Talk to a running gateway's admin API instead of the database.",
+        help="Talk to this running replica's admin listener (mTLS, the home's admin "
+        "certificate) instead of the database.",
     ),
 ]
 
@@ -89,10 +91,13 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="HOST:PORT partners dial (default: derived from --listen).")
         ] = "",
         timezone: Annotated[str, typer.Option(help="Time zone for dates like today.")] = "UTC",
+        target: HomeOnlyTargetOption = None,
         json_out: JsonOption = False,
     ) -> None:
         """Create a node: keys, certificates, config, database and trust statement v1."""
         from gateway.node import initialise_node
+
+        refuse_target(target, "init", WRITES_HOME)
 
         code = admin.strip().upper()
         config = asyncio.run(
@@ -232,8 +237,29 @@ def register(app: typer.Typer) -> None:
                 lines.append(f"    trust: {trust['message']}")
             if p.get("trust_problem"):
                 lines.append(f"    trust: {p['trust_problem']}")
+            if p.get("lease_holder"):
+                lines.append(f"    replicated by {p['lease_holder']}")
         for alert in report.get("alerts", []):
             lines.append(f"  ALERT {alert['kind']} {alert['subject']}: {alert['message']}")
+        holding: dict[str, list[str]] = {}
+        for lease in report.get("leases", []):
+            if lease["live"] and lease["holder"]:
+                holding.setdefault(lease["holder"], []).append(lease["name"])
+        shown = [r for r in report.get("replicas", []) if r["alive"] or r["name"] in holding]
+        if shown or report.get("replica"):
+            lines.append(
+                "replicas"
+                + (f" (answered by {report['replica']})" if report.get("replica") else "")
+                + ":"
+            )
+        for r in shown:
+            lines.append(
+                f"  {r['name']}: {'alive' if r['alive'] else 'NOT ALIVE'}, {r['host']} pid "
+                f"{r['pid']}, heartbeat {r['heartbeat_at']}"
+                + (f", admin {r['admin_target']}" if r["admin_target"] else "")
+            )
+            if holding.get(r["name"]):
+                lines.append(f"    leases: {', '.join(sorted(holding[r['name']]))}")
         emit_text("\n".join(lines))
 
     @app.command("health")
@@ -261,6 +287,15 @@ def register(app: typer.Typer) -> None:
         http_listen: Annotated[
             str | None, typer.Option(help="Override server.http_listen.")
         ] = None,
+        replica_name: Annotated[
+            str | None,
+            typer.Option(
+                "--replica-name",
+                metavar="NAME",
+                help="This replica's name among the replicas sharing the database "
+                "([A-Za-z0-9._-], default <hostname>-<pid>).",
+            ),
+        ] = None,
         log_format: Annotated[
             LogFormat,
             typer.Option(
@@ -277,8 +312,11 @@ def register(app: typer.Typer) -> None:
         ] = LogLevel.info,
     ) -> None:
         """Run the gateway until SIGTERM or SIGINT. Logs go to stderr (see --log-format)."""
+        from gateway.cluster import validate_replica_name
         from gateway.serve import run_gateway
 
+        if replica_name is not None:
+            validate_replica_name(replica_name)
         configure_logging(log_format.value, log_level.value)
 
         overrides = {
@@ -290,7 +328,7 @@ def register(app: typer.Typer) -> None:
             )
             if v
         }
-        asyncio.run(run_gateway(home, overrides))
+        asyncio.run(run_gateway(home, overrides, replica_name))
 
     @app.command("demo")
     @command
@@ -353,14 +391,18 @@ def registry_use(app: typer.Typer) -> None:
     def use(
         file: Annotated[Path, typer.Argument(help="A registry dataset (mra-facts.json format).")],
         home: HomeOption,
+        target: TargetOption = None,
         json_out: JsonOption = False,
     ) -> None:
         """Validate a dataset file and make it the one this node answers with (audited)."""
+        from gateway.cli.remote import remote_use_dataset
         from gateway.datasets import use_dataset
 
         data = read_input(file)
 
         async def body(node: Node) -> str:
+            if target:
+                return await remote_use_dataset(node, target, data, str(file))
             async with node.engine.begin() as conn:
                 return await use_dataset(conn, data, str(file), actor="cli")
 

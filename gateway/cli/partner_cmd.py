@@ -10,6 +10,7 @@ import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text, say
 from gateway.cli.node_cmd import HomeOption, JsonOption, TargetOption, read_input, run_on_node
+from gateway.cli.target import HomeOnlyTargetOption, refuse_target
 from gateway.node import Node
 
 app = typer.Typer(help="Onboard and manage partner administrations.", no_args_is_help=True)
@@ -22,10 +23,18 @@ MAX_BUNDLE_FILE = 1024 * 1024
 def export(
     home: HomeOption,
     out: Annotated[Path, typer.Option("--out", help="Where to write the partner bundle.")],
+    target: HomeOnlyTargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Write this administration's partner bundle and print its root key fingerprint."""
     from gateway.partners import export_bundle
+
+    refuse_target(
+        target,
+        "partner export",
+        "writes a local file from the home's own trust statements (every replica would hand "
+        "out the same bundle)",
+    )
 
     bundle, fingerprint = run_on_node(home, export_bundle)
     tmp = out.with_name(out.name + ".tmp")

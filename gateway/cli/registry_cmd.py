@@ -24,6 +24,7 @@ from gateway.cli.conventions import (
     progress_enabled,
     spinner,
 )
+from gateway.cli.target import HomeOnlyTargetOption, refuse_target
 from registry.dataset import MAX_DATASET_BYTES, load_dataset, parse_dataset
 from registry.errors import DatasetError
 from registry.graph import network, to_dot, to_svg
@@ -46,6 +47,11 @@ AtOption = Annotated[
     str | None, typer.Option("--at", help="The date, YYYY-MM-DD (default: today, UTC).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+# Why these commands never go to a replica (completes "`mragw registry X` ...").
+REGISTRY_ONLY = (
+    "answers from the packaged registry or a dataset file, not from a node; a node's own "
+    "answers come from `mragw check --target`"
+)
 StrictOption = Annotated[
     bool, typer.Option("--strict", help="Rule 7: never use a signature date for an effective date.")
 ]
@@ -96,10 +102,12 @@ def check(
     strict: StrictOption = False,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
+    target: HomeOnlyTargetOption = None,
 ) -> None:
     """Does R recognise an AEO of type T issued by I on a date (for a mode)? Exit 0 when
     answered, recognised or not; 2 for an unknown code, type or mode, a malformed date or an
     invalid registry file."""
+    refuse_target(target, "registry check", REGISTRY_ONLY)
     answer = _recogniser(registry).check(recogniser, issuer, type_, at, mode=mode, strict=strict)
     if as_json:
         emit_json(answer.to_json())
@@ -114,12 +122,14 @@ def list_(
     strict: StrictOption = False,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
+    target: HomeOnlyTargetOption = None,
 ) -> None:
     """Arrangements in force on a date, with their parties. "In force" means: the arrangement
     applies in at least one direction (one party recognising another) for at least one
     transport mode on that date: its start date has passed (rule 3, signature date standing
     in when no effective date is known, unless --strict), it is not terminated and that
     direction is not suspended. Type scopes are not considered."""
+    refuse_target(target, "registry list", REGISTRY_ONLY)
     day = _day(at)
     recogniser = _recogniser(registry)
     items = recogniser.in_force(day, strict=strict)
@@ -157,8 +167,10 @@ def partners(
     strict: StrictOption = False,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
+    target: HomeOnlyTargetOption = None,
 ) -> None:
     """Who recognises ADMIN's AEOs and whose AEOs ADMIN recognises on a date, with types."""
+    refuse_target(target, "registry partners", REGISTRY_ONLY)
     day = _day(at)
     result = _recogniser(registry).partners(admin, day, strict=strict)
     if as_json:
@@ -195,9 +207,11 @@ VALIDATE_SPINNER_MIN_BYTES = 2 * 1024 * 1024
 def validate(
     file: Annotated[Path, typer.Argument(help="The dataset file to validate.")],
     as_json: JsonOption = False,
+    target: HomeOnlyTargetOption = None,
 ) -> None:
     """Validate a dataset file. Exit 0 when valid, 1 when invalid (every problem listed with
     its JSON path), 2 when it cannot be read."""
+    refuse_target(target, "registry validate", REGISTRY_ONLY)
     with file.open("rb") as stream:  # an unreadable file is bad input (exit 2)
         data = stream.read(MAX_DATASET_BYTES + 1)
     show = len(data) >= VALIDATE_SPINNER_MIN_BYTES and progress_enabled(as_json)
@@ -251,11 +265,13 @@ def graph(
     registry: RegistryOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write here, not to stdout.")] = None,
     as_json: JsonOption = False,
+    target: HomeOnlyTargetOption = None,
 ) -> None:
     """Draw the recognition network on a date: administrations as nodes, unions as clusters of
     their members on that date, arrangements in force (see `list`) as edges labelled with their
     id; an arrow A -> B means B recognises A's AEOs, two heads mean both ways. --json prints
     the nodes, clusters and edges instead of a drawing."""
+    refuse_target(target, "registry graph", REGISTRY_ONLY)
     day = _day(at)
     recogniser = _recogniser(registry)
     if focus is not None and not recogniser.is_known_code(focus):

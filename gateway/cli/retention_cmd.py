@@ -13,6 +13,7 @@ import typer
 
 from gateway.cli.conventions import command, emit_json, emit_text, say
 from gateway.cli.node_cmd import HomeOption, JsonOption, run_on_node
+from gateway.cli.target import IRREVERSIBLE, HomeOnlyTargetOption, refuse_target
 from gateway.node import Node
 
 if TYPE_CHECKING:
@@ -42,11 +43,14 @@ def prune(
             help="Prune records superseded more than this long ago: days or weeks, e.g. 400d.",
         ),
     ],
+    target: HomeOnlyTargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Remove the payloads of superseded records; past-date checks still answer."""
     from gateway.retention import parse_duration
     from gateway.retention import prune as prune_logs
+
+    refuse_target(target, "prune", IRREVERSIBLE)
 
     period = parse_duration(older_than)
 
@@ -92,10 +96,13 @@ def erase(
             help="Your case number, sent to partners (no personal data).",
         ),
     ] = "",
+    target: HomeOnlyTargetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Erase an operator's payloads from our log and tell partners to erase their copies."""
     from gateway.erasure import erase_operator
+
+    refuse_target(target, "erase", IRREVERSIBLE)
 
     async def body(node: Node) -> ErasureResult:
         return await erase_operator(

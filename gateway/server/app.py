@@ -133,6 +133,7 @@ class GatewayServer:
         metrics: GatewayMetrics | None = None,
         roles: Mapping[str, frozenset[str]] = DEFAULT_ROLES,
         close_node: bool = True,
+        replica: str = "",
     ) -> None:
         """
         ``status`` feeds the HTTP status page (the ``mragw status --json`` document);
@@ -158,6 +159,8 @@ class GatewayServer:
         self._background_factories = dict(background or {})
         self._roles = roles
         self._close_node = close_node
+        # Names this replica's runtime file (gateway.cluster); "" writes run/serve.json.
+        self.replica = replica
         self._partner_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
         self._partner_health = _HealthServicer()
@@ -245,6 +248,7 @@ class GatewayServer:
                 admin_listen=self._listeners.admin,
                 admin_target=self._listeners.admin_target,
                 http_url=self._listeners.http_url,
+                replica=self.replica,
             ),
         )
         log.info(
@@ -491,7 +495,7 @@ class GatewayServer:
         # 4. The rest.
         if self._http is not None:
             await self._http.close()
-        remove_runtime(self.config.home, self._pid)
+        remove_runtime(self.config.home, self._pid, self.replica)
         if self._close_node:
             await self.node.close()
         log.info("%s stopped", self.node.admin)

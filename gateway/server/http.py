@@ -200,6 +200,14 @@ _REJECTION_COLUMNS = (
     ("kind", "Kind"),
     ("message", "Message"),
 )
+_REPLICA_COLUMNS = (
+    ("name", "Replica"),
+    ("health", "Health"),
+    ("host", "Host"),
+    ("pid", "PID"),
+    ("heartbeat_at", "Last heartbeat (UTC)"),
+    ("leases", "Leases held"),
+)
 # Root hash digits shown; enough to compare with a partner's by eye.
 _ROOT_PREFIX = 16
 
@@ -267,6 +275,27 @@ def render_status_page(status: Mapping[str, Any], graph_svg: str | None = None) 
         for a in status.get("alerts") or []
     )
     graph = graph_svg or '<p class="unavailable">recognition graph unavailable</p>'
+    # Replicas sharing the database (gateway.cluster), each with the live leases it holds.
+    held: dict[str, list[str]] = {}
+    for lease in status.get("leases") or []:
+        if isinstance(lease, Mapping) and lease.get("live") and lease.get("holder"):
+            held.setdefault(str(lease["holder"]), []).append(str(lease.get("name")))
+    replicas = [
+        {
+            **r,
+            "health": "alive" if r.get("alive") else "not alive",
+            "leases": ", ".join(sorted(held.get(str(r.get("name")), []))) or None,
+        }
+        for r in status.get("replicas") or []
+        if isinstance(r, Mapping) and (r.get("alive") or str(r.get("name")) in held)
+    ]
+    replica_section = ""
+    if replicas:
+        replica_section = (
+            f"<h2>Replicas</h2>\n{_table('replicas', _REPLICA_COLUMNS, replicas, 'name')}\n"
+        )
+        if status.get("replica"):
+            replica_section += f"<p>This page: replica {_cell(status.get('replica'))}.</p>\n"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -284,6 +313,7 @@ def render_status_page(status: Mapping[str, Any], graph_svg: str | None = None) 
         "verified; seconds since we last verified a checkpoint of it.</p>\n"
         "<h2>Recent rejections</h2>\n"
         f"{_table('rejections', _REJECTION_COLUMNS, rejections, 'partner')}\n"
+        f"{replica_section}"
         f'<h2>Recognition today</h2>\n<div id="graph">{graph}</div>\n'
         '<p><a href="/metrics">metrics</a> · <a href="/healthz">health</a> · '
         '<a href="/graph.svg">graph.svg</a></p>\n'

@@ -8,6 +8,11 @@ On SQLite, ``PRAGMA data_version`` on a private connection answers "did any othe
 or process commit since I last asked?" in microseconds, without reading a table; the loops ask
 it first and query only when it moved. PostgreSQL has no such counter, so there the probe
 always says "maybe" and the loops poll as before.
+
+Replicas of one administration sharing a database (gateway.cluster) rely on exactly this:
+"changed" covers every other connection, so what another replica commits (a publish, a
+replicated batch, a partner change) reaches this one's loops within their poll interval, on
+SQLite through the probe and on PostgreSQL because the loops always look.
 """
 
 from __future__ import annotations

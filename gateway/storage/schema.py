@@ -262,3 +262,35 @@ node_state = Table(
     Column("key", String(32), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# The ``mragw serve`` replicas of this administration sharing the database (gateway.cluster):
+# registered at start, heartbeat every quarter of ``cluster.takeover_s``, ``stopped_at`` set on
+# a clean shutdown. Times are epoch seconds of the database's clock on PostgreSQL.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", BigInteger, nullable=False),
+    Column("listen", String(300), nullable=False),
+    Column("admin_target", String(300), nullable=False),
+    Column("http_url", String(300), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+)
+
+# Work that runs in one replica at a time: ``replication:<partner code>`` and ``job:<name>``.
+# Taken with one conditional UPDATE (``holder = me OR expires_at < now``, now from the
+# database's clock); ``epoch`` grows at every change of holder; ``holder`` is "" for a lease
+# never held.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(80), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

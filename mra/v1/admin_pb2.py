@@ -27,15 +27,15 @@ from mra.v1 import log_pb2 as mra_dot_v1_dot_log__pb2
 from mra.v1 import records_pb2 as mra_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mra/v1/admin.proto\x12\x06mra.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x10mra/v1/log.proto\x1a\x14mra/v1/records.proto\"{\n\rPublishRecord\x12\'\n\naeo_status\x18\x01 \x01(\x0b\x32\x11.mra.v1.AeoStatusH\x00\x12\x37\n\x12validation_outcome\x18\x02 \x01(\x0b\x32\x19.mra.v1.ValidationOutcomeH\x00\x42\x08\n\x06record\"8\n\x0ePublishRequest\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.mra.v1.PublishRecord\"=\n\x0bRecordError\x12\x0e\n\x06record\x18\x01 \x01(\x04\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x97\x01\n\x0fPublishResponse\x12\x10\n\x08\x61ppended\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12&\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x12.mra.v1.Checkpoint\x12#\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x13.mra.v1.RecordError\"\xd1\x01\n\x07Partner\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x15\n\rtrust_version\x18\x04 \x01(\x04\x12\x31\n\rtrust_expires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsuspended\x18\x06 \x01(\x08\x12\x13\n\x0bquarantined\x18\x07 \x01(\x08\x12\x13\n\x06reason\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_reason\"8\n\x11\x41\x64\x64PartnerRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"6\n\x12\x41\x64\x64PartnerResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"\x15\n\x13ListPartnersRequest\"9\n\x14ListPartnersResponse\x12!\n\x08partners\x18\x01 \x03(\x0b\x32\x0f.mra.v1.Partner\"%\n\x14RemovePartnerRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\"\x17\n\x15RemovePartnerResponse\"6\n\x15SuspendPartnerRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x16SuspendPartnerResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"%\n\x14ResumePartnerRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\"9\n\x15ResumePartnerResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"<\n\x19SetPartnerEndpointRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\">\n\x1aSetPartnerEndpointResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"\xfb\x01\n\x03Key\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.mra.v1.KeyRole\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x12revoked_from_index\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x1b\n\x13private_key_present\x18\x07 \x01(\x08\x42\x15\n\x13_revoked_from_index\"\x11\n\x0fListKeysRequest\"-\n\x10ListKeysResponse\x12\x19\n\x04keys\x18\x01 \x03(\x0b\x32\x0b.mra.v1.Key\"\x12\n\x10GetStatusRequest\"\xdb\x02\n\rPartnerStatus\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\x12\x11\n\ttree_size\x18\x04 \x01(\x04\x12\x1d\n\x10\x63heckpoint_age_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bquarantined\x18\x06 \x01(\x08\x12\x11\n\tsuspended\x18\x07 \x01(\x08\x12\x13\n\x06reason\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x12\n\nunverified\x18\t \x01(\x04\x12\x11\n\twitnesses\x18\n \x01(\r\x12!\n\x05trust\x18\x0b \x01(\x0b\x32\x12.mra.v1.TrustState\x12\x1a\n\rtrust_problem\x18\x0c \x01(\tH\x02\x88\x01\x01\x12\x10\n\x08unusable\x18\r \x01(\x04\x42\x13\n\x11_checkpoint_age_sB\t\n\x07_reasonB\x10\n\x0e_trust_problem\"N\n\nTrustState\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"C\n\x05\x41lert\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\t\"\xc8\x01\n\x11GetStatusResponse\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x10\n\x08log_size\x18\x02 \x01(\x04\x12\'\n\x08partners\x18\x03 \x03(\x0b\x32\x15.mra.v1.PartnerStatus\x12\x10\n\x08http_url\x18\x04 \x01(\t\x12\x15\n\rlog_witnesses\x18\x05 \x01(\r\x12!\n\x05trust\x18\x06 \x01(\x0b\x32\x12.mra.v1.TrustState\x12\x1d\n\x06\x61lerts\x18\x07 \x03(\x0b\x32\r.mra.v1.Alert*\x93\x01\n\x07KeyRole\x12\x18\n\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rKEY_ROLE_ROOT\x10\x01\x12\x14\n\x10KEY_ROLE_SIGNING\x10\x02\x12\x13\n\x0fKEY_ROLE_TLS_CA\x10\x03\x12\x17\n\x13KEY_ROLE_TLS_SERVER\x10\x04\x12\x17\n\x13KEY_ROLE_TLS_CLIENT\x10\x05\x32\xa7\x05\n\x0c\x41\x64minService\x12<\n\x07Publish\x12\x16.mra.v1.PublishRequest\x1a\x17.mra.v1.PublishResponse(\x01\x12\x43\n\nAddPartner\x12\x19.mra.v1.AddPartnerRequest\x1a\x1a.mra.v1.AddPartnerResponse\x12I\n\x0cListPartners\x12\x1b.mra.v1.ListPartnersRequest\x1a\x1c.mra.v1.ListPartnersResponse\x12L\n\rRemovePartner\x12\x1c.mra.v1.RemovePartnerRequest\x1a\x1d.mra.v1.RemovePartnerResponse\x12O\n\x0eSuspendPartner\x12\x1d.mra.v1.SuspendPartnerRequest\x1a\x1e.mra.v1.SuspendPartnerResponse\x12L\n\rResumePartner\x12\x1c.mra.v1.ResumePartnerRequest\x1a\x1d.mra.v1.ResumePartnerResponse\x12[\n\x12SetPartnerEndpoint\x12!.mra.v1.SetPartnerEndpointRequest\x1a\".mra.v1.SetPartnerEndpointResponse\x12=\n\x08ListKeys\x12\x17.mra.v1.ListKeysRequest\x1a\x18.mra.v1.ListKeysResponse\x12@\n\tGetStatus\x12\x18.mra.v1.GetStatusRequest\x1a\x19.mra.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mra/v1/admin.proto\x12\x06mra.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x10mra/v1/log.proto\x1a\x14mra/v1/records.proto\"{\n\rPublishRecord\x12\'\n\naeo_status\x18\x01 \x01(\x0b\x32\x11.mra.v1.AeoStatusH\x00\x12\x37\n\x12validation_outcome\x18\x02 \x01(\x0b\x32\x19.mra.v1.ValidationOutcomeH\x00\x42\x08\n\x06record\"8\n\x0ePublishRequest\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.mra.v1.PublishRecord\"=\n\x0bRecordError\x12\x0e\n\x06record\x18\x01 \x01(\x04\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x97\x01\n\x0fPublishResponse\x12\x10\n\x08\x61ppended\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12&\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x12.mra.v1.Checkpoint\x12#\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x13.mra.v1.RecordError\"\xd1\x01\n\x07Partner\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x15\n\rtrust_version\x18\x04 \x01(\x04\x12\x31\n\rtrust_expires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsuspended\x18\x06 \x01(\x08\x12\x13\n\x0bquarantined\x18\x07 \x01(\x08\x12\x13\n\x06reason\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_reason\"8\n\x11\x41\x64\x64PartnerRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"6\n\x12\x41\x64\x64PartnerResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"\x15\n\x13ListPartnersRequest\"9\n\x14ListPartnersResponse\x12!\n\x08partners\x18\x01 \x03(\x0b\x32\x0f.mra.v1.Partner\"%\n\x14RemovePartnerRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\"\x17\n\x15RemovePartnerResponse\"6\n\x15SuspendPartnerRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x16SuspendPartnerResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"%\n\x14ResumePartnerRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\"9\n\x15ResumePartnerResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"<\n\x19SetPartnerEndpointRequest\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\">\n\x1aSetPartnerEndpointResponse\x12 \n\x07partner\x18\x01 \x01(\x0b\x32\x0f.mra.v1.Partner\"\xc0\x02\n\x03Key\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.mra.v1.KeyRole\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x12revoked_from_index\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x1b\n\x13private_key_present\x18\x07 \x01(\x08\x12\r\n\x05state\x18\x08 \x01(\t\x12\x1e\n\x11revocation_reason\x18\t \x01(\tH\x01\x88\x01\x01\x42\x15\n\x13_revoked_from_indexB\x14\n\x12_revocation_reason\"\x11\n\x0fListKeysRequest\"-\n\x10ListKeysResponse\x12\x19\n\x04keys\x18\x01 \x03(\x0b\x32\x0b.mra.v1.Key\"\x12\n\x10GetStatusRequest\"\x87\x03\n\rPartnerStatus\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\x12\x11\n\ttree_size\x18\x04 \x01(\x04\x12\x1d\n\x10\x63heckpoint_age_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bquarantined\x18\x06 \x01(\x08\x12\x11\n\tsuspended\x18\x07 \x01(\x08\x12\x13\n\x06reason\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x12\n\nunverified\x18\t \x01(\x04\x12\x11\n\twitnesses\x18\n \x01(\r\x12!\n\x05trust\x18\x0b \x01(\x0b\x32\x12.mra.v1.TrustState\x12\x1a\n\rtrust_problem\x18\x0c \x01(\tH\x02\x88\x01\x01\x12\x10\n\x08unusable\x18\r \x01(\x04\x12\x19\n\x0clease_holder\x18\x0e \x01(\tH\x03\x88\x01\x01\x42\x13\n\x11_checkpoint_age_sB\t\n\x07_reasonB\x10\n\x0e_trust_problemB\x0f\n\r_lease_holder\"\xa3\x01\n\x07Replica\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0e\n\x06listen\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x64min_target\x18\x05 \x01(\t\x12\x10\n\x08http_url\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\t\x12\x14\n\x0cheartbeat_at\x18\x08 \x01(\t\x12\r\n\x05\x61live\x18\t \x01(\x08\"W\n\x05Lease\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06holder\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nexpires_at\x18\x03 \x01(\t\x12\x0c\n\x04live\x18\x04 \x01(\x08\x42\t\n\x07_holder\"N\n\nTrustState\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"C\n\x05\x41lert\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\t\"\x9b\x02\n\x11GetStatusResponse\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x10\n\x08log_size\x18\x02 \x01(\x04\x12\'\n\x08partners\x18\x03 \x03(\x0b\x32\x15.mra.v1.PartnerStatus\x12\x10\n\x08http_url\x18\x04 \x01(\t\x12\x15\n\rlog_witnesses\x18\x05 \x01(\r\x12!\n\x05trust\x18\x06 \x01(\x0b\x32\x12.mra.v1.TrustState\x12\x1d\n\x06\x61lerts\x18\x07 \x03(\x0b\x32\r.mra.v1.Alert\x12!\n\x08replicas\x18\x08 \x03(\x0b\x32\x0f.mra.v1.Replica\x12\x1d\n\x06leases\x18\t \x03(\x0b\x32\r.mra.v1.Lease\x12\x0f\n\x07replica\x18\n \x01(\t\",\n\x11ListAlertsRequest\x12\x17\n\x0finclude_cleared\x18\x01 \x01(\x08\"H\n\x0b\x41lertRecord\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x1c\n\x05\x61lert\x18\x02 \x01(\x0b\x32\r.mra.v1.Alert\x12\x0f\n\x07\x63leared\x18\x03 \x01(\x08\"9\n\x12ListAlertsResponse\x12#\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x13.mra.v1.AlertRecord\"A\n\x12\x43learAlertsRequest\x12\x0c\n\x02id\x18\x01 \x01(\x04H\x00\x12\x11\n\x07subject\x18\x02 \x01(\tH\x00\x42\n\n\x08selector\"&\n\x13\x43learAlertsResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x04\"R\n\x10ListAuditRequest\x12\x11\n\x04last\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x15\n\x08operator\x18\x02 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_lastB\x0b\n\t_operator\"Y\n\x0b\x41uditAction\x12\n\n\x02id\x18\x01 \x01(\x04\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x05 \x01(\t\"r\n\nAuditChain\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x16\n\tbroken_at\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x14\n\x07problem\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0c\n\n_broken_atB\n\n\x08_problem\"\\\n\x11ListAuditResponse\x12$\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x13.mra.v1.AuditAction\x12!\n\x05\x63hain\x18\x02 \x01(\x0b\x32\x12.mra.v1.AuditChain\"\x14\n\x12ListClientsRequest\"\xaa\x01\n\x0bLocalClient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\x12\x11\n\tnot_after\x18\x06 \x01(\t\x12\x10\n\x08\x61\x64\x64\x65\x64_at\x18\x07 \x01(\t\x12\x17\n\nrevoked_at\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\r\n\x0b_revoked_at\";\n\x13ListClientsResponse\x12$\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x13.mra.v1.LocalClient\"#\n\x13RevokeClientRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x14RevokeClientResponse\x12#\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x13.mra.v1.LocalClient\"\x11\n\x0fGetTrustRequest\"\x95\x01\n\x10GetTrustResponse\x12\r\n\x05\x61\x64min\x18\x01 \x01(\t\x12\x15\n\rtrust_version\x18\x02 \x01(\x04\x12\x0f\n\x07\x65xpires\x18\x03 \x01(\t\x12\x10\n\x08root_key\x18\x04 \x01(\t\x12\x14\n\x0csigning_keys\x18\x05 \x03(\t\x12\"\n\x06\x65xpiry\x18\x06 \x01(\x0b\x32\x12.mra.v1.TrustState\"\x19\n\x17RepublishRecordsRequest\"/\n\x18RepublishRecordsResponse\x12\x13\n\x0brepublished\x18\x01 \x01(\x04\"\xb9\x01\n\x12GetEvidenceRequest\x12\x13\n\x0boperator_id\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x0f\n\x02\x61t\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04mode\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x06scheme\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04type\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x0e\n\x06strict\x18\x07 \x01(\x08\x42\x05\n\x03_atB\x07\n\x05_modeB\t\n\x07_schemeB\x07\n\x05_type\"M\n\x13GetEvidenceResponse\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x15\n\rtrusted_roots\x18\x02 \x03(\t\x12\x0f\n\x07skipped\x18\x03 \x03(\t\"4\n\x11UseDatasetRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x0e\n\x06source\x18\x02 \x01(\t\"%\n\x12UseDatasetResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t*\x93\x01\n\x07KeyRole\x12\x18\n\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rKEY_ROLE_ROOT\x10\x01\x12\x14\n\x10KEY_ROLE_SIGNING\x10\x02\x12\x13\n\x0fKEY_ROLE_TLS_CA\x10\x03\x12\x17\n\x13KEY_ROLE_TLS_SERVER\x10\x04\x12\x17\n\x13KEY_ROLE_TLS_CLIENT\x10\x05\x32\xac\n\n\x0c\x41\x64minService\x12<\n\x07Publish\x12\x16.mra.v1.PublishRequest\x1a\x17.mra.v1.PublishResponse(\x01\x12\x43\n\nAddPartner\x12\x19.mra.v1.AddPartnerRequest\x1a\x1a.mra.v1.AddPartnerResponse\x12I\n\x0cListPartners\x12\x1b.mra.v1.ListPartnersRequest\x1a\x1c.mra.v1.ListPartnersResponse\x12L\n\rRemovePartner\x12\x1c.mra.v1.RemovePartnerRequest\x1a\x1d.mra.v1.RemovePartnerResponse\x12O\n\x0eSuspendPartner\x12\x1d.mra.v1.SuspendPartnerRequest\x1a\x1e.mra.v1.SuspendPartnerResponse\x12L\n\rResumePartner\x12\x1c.mra.v1.ResumePartnerRequest\x1a\x1d.mra.v1.ResumePartnerResponse\x12[\n\x12SetPartnerEndpoint\x12!.mra.v1.SetPartnerEndpointRequest\x1a\".mra.v1.SetPartnerEndpointResponse\x12=\n\x08ListKeys\x12\x17.mra.v1.ListKeysRequest\x1a\x18.mra.v1.ListKeysResponse\x12@\n\tGetStatus\x12\x18.mra.v1.GetStatusRequest\x1a\x19.mra.v1.GetStatusResponse\x12\x43\n\nListAlerts\x12\x19.mra.v1.ListAlertsRequest\x1a\x1a.mra.v1.ListAlertsResponse\x12\x46\n\x0b\x43learAlerts\x12\x1a.mra.v1.ClearAlertsRequest\x1a\x1b.mra.v1.ClearAlertsResponse\x12@\n\tListAudit\x12\x18.mra.v1.ListAuditRequest\x1a\x19.mra.v1.ListAuditResponse\x12\x46\n\x0bListClients\x12\x1a.mra.v1.ListClientsRequest\x1a\x1b.mra.v1.ListClientsResponse\x12I\n\x0cRevokeClient\x12\x1b.mra.v1.RevokeClientRequest\x1a\x1c.mra.v1.RevokeClientResponse\x12=\n\x08GetTrust\x12\x17.mra.v1.GetTrustRequest\x1a\x18.mra.v1.GetTrustResponse\x12U\n\x10RepublishRecords\x12\x1f.mra.v1.RepublishRecordsRequest\x1a .mra.v1.RepublishRecordsResponse\x12\x46\n\x0bGetEvidence\x12\x1a.mra.v1.GetEvidenceRequest\x1a\x1b.mra.v1.GetEvidenceResponse\x12\x43\n\nUseDataset\x12\x19.mra.v1.UseDatasetRequest\x1a\x1a.mra.v1.UseDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mra.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYROLE']._serialized_start=2358
-  _globals['_KEYROLE']._serialized_end=2505
+  _globals['_KEYROLE']._serialized_start=4441
+  _globals['_KEYROLE']._serialized_end=4588
   _globals['_PUBLISHRECORD']._serialized_start=103
   _globals['_PUBLISHRECORD']._serialized_end=226
   _globals['_PUBLISHREQUEST']._serialized_start=228
@@ -71,21 +71,69 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETPARTNERENDPOINTRESPONSE']._serialized_start=1251
   _globals['_SETPARTNERENDPOINTRESPONSE']._serialized_end=1313
   _globals['_KEY']._serialized_start=1316
-  _globals['_KEY']._serialized_end=1567
-  _globals['_LISTKEYSREQUEST']._serialized_start=1569
-  _globals['_LISTKEYSREQUEST']._serialized_end=1586
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1588
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1633
-  _globals['_GETSTATUSREQUEST']._serialized_start=1635
-  _globals['_GETSTATUSREQUEST']._serialized_end=1653
-  _globals['_PARTNERSTATUS']._serialized_start=1656
-  _globals['_PARTNERSTATUS']._serialized_end=2003
-  _globals['_TRUSTSTATE']._serialized_start=2005
-  _globals['_TRUSTSTATE']._serialized_end=2083
-  _globals['_ALERT']._serialized_start=2085
-  _globals['_ALERT']._serialized_end=2152
-  _globals['_GETSTATUSRESPONSE']._serialized_start=2155
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2355
-  _globals['_ADMINSERVICE']._serialized_start=2508
-  _globals['_ADMINSERVICE']._serialized_end=3187
+  _globals['_KEY']._serialized_end=1636
+  _globals['_LISTKEYSREQUEST']._serialized_start=1638
+  _globals['_LISTKEYSREQUEST']._serialized_end=1655
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1657
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1702
+  _globals['_GETSTATUSREQUEST']._serialized_start=1704
+  _globals['_GETSTATUSREQUEST']._serialized_end=1722
+  _globals['_PARTNERSTATUS']._serialized_start=1725
+  _globals['_PARTNERSTATUS']._serialized_end=2116
+  _globals['_REPLICA']._serialized_start=2119
+  _globals['_REPLICA']._serialized_end=2282
+  _globals['_LEASE']._serialized_start=2284
+  _globals['_LEASE']._serialized_end=2371
+  _globals['_TRUSTSTATE']._serialized_start=2373
+  _globals['_TRUSTSTATE']._serialized_end=2451
+  _globals['_ALERT']._serialized_start=2453
+  _globals['_ALERT']._serialized_end=2520
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2523
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2806
+  _globals['_LISTALERTSREQUEST']._serialized_start=2808
+  _globals['_LISTALERTSREQUEST']._serialized_end=2852
+  _globals['_ALERTRECORD']._serialized_start=2854
+  _globals['_ALERTRECORD']._serialized_end=2926
+  _globals['_LISTALERTSRESPONSE']._serialized_start=2928
+  _globals['_LISTALERTSRESPONSE']._serialized_end=2985
+  _globals['_CLEARALERTSREQUEST']._serialized_start=2987
+  _globals['_CLEARALERTSREQUEST']._serialized_end=3052
+  _globals['_CLEARALERTSRESPONSE']._serialized_start=3054
+  _globals['_CLEARALERTSRESPONSE']._serialized_end=3092
+  _globals['_LISTAUDITREQUEST']._serialized_start=3094
+  _globals['_LISTAUDITREQUEST']._serialized_end=3176
+  _globals['_AUDITACTION']._serialized_start=3178
+  _globals['_AUDITACTION']._serialized_end=3267
+  _globals['_AUDITCHAIN']._serialized_start=3269
+  _globals['_AUDITCHAIN']._serialized_end=3383
+  _globals['_LISTAUDITRESPONSE']._serialized_start=3385
+  _globals['_LISTAUDITRESPONSE']._serialized_end=3477
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=3479
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=3499
+  _globals['_LOCALCLIENT']._serialized_start=3502
+  _globals['_LOCALCLIENT']._serialized_end=3672
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=3674
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=3733
+  _globals['_REVOKECLIENTREQUEST']._serialized_start=3735
+  _globals['_REVOKECLIENTREQUEST']._serialized_end=3770
+  _globals['_REVOKECLIENTRESPONSE']._serialized_start=3772
+  _globals['_REVOKECLIENTRESPONSE']._serialized_end=3831
+  _globals['_GETTRUSTREQUEST']._serialized_start=3833
+  _globals['_GETTRUSTREQUEST']._serialized_end=3850
+  _globals['_GETTRUSTRESPONSE']._serialized_start=3853
+  _globals['_GETTRUSTRESPONSE']._serialized_end=4002
+  _globals['_REPUBLISHRECORDSREQUEST']._serialized_start=4004
+  _globals['_REPUBLISHRECORDSREQUEST']._serialized_end=4029
+  _globals['_REPUBLISHRECORDSRESPONSE']._serialized_start=4031
+  _globals['_REPUBLISHRECORDSRESPONSE']._serialized_end=4078
+  _globals['_GETEVIDENCEREQUEST']._serialized_start=4081
+  _globals['_GETEVIDENCEREQUEST']._serialized_end=4266
+  _globals['_GETEVIDENCERESPONSE']._serialized_start=4268
+  _globals['_GETEVIDENCERESPONSE']._serialized_end=4345
+  _globals['_USEDATASETREQUEST']._serialized_start=4347
+  _globals['_USEDATASETREQUEST']._serialized_end=4399
+  _globals['_USEDATASETRESPONSE']._serialized_start=4401
+  _globals['_USEDATASETRESPONSE']._serialized_end=4438
+  _globals['_ADMINSERVICE']._serialized_start=4591
+  _globals['_ADMINSERVICE']._serialized_end=5915
 # @@protoc_insertion_point(module_scope)

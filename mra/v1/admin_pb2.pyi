@@ -522,6 +522,8 @@ class Key(_message.Message):
     NOT_AFTER_FIELD_NUMBER: _builtins.int
     REVOKED_FROM_INDEX_FIELD_NUMBER: _builtins.int
     PRIVATE_KEY_PRESENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Key id: lowercase hex SHA-256 of the public key's SubjectPublicKeyInfo DER."""
     role: Global___KeyRole.ValueType
@@ -534,6 +536,14 @@ class Key(_message.Message):
     """
     private_key_present: _builtins.bool
     """True when the private key is present on this node (false for an offline root)."""
+    state: _builtins.str
+    """Where the key stands, as `mragw keys list` shows it: "active", "pending", "retiring",
+    "expired", "retired" or "revoked" (signing keys); "active" (root); "active" or
+    "next-or-old" (TLS CAs: the one in use, or one published beside it during a rotation).
+    Empty for the TLS server key.
+    """
+    revocation_reason: _builtins.str
+    """Why the key was revoked, as published to partners; absent when not revoked."""
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp:
         """Start of the key's validity window."""
@@ -552,13 +562,20 @@ class Key(_message.Message):
         not_after: _timestamp_pb2.Timestamp | None = ...,
         revoked_from_index: _builtins.int | None = ...,
         private_key_present: _builtins.bool = ...,
+        state: _builtins.str = ...,
+        revocation_reason: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_revoked_from_index", b"_revoked_from_index", "not_after", b"not_after", "not_before", b"not_before", "revoked_from_index", b"revoked_from_index"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_revocation_reason", b"_revocation_reason", "_revoked_from_index", b"_revoked_from_index", "not_after", b"not_after", "not_before", b"not_before", "revocation_reason", b"revocation_reason", "revoked_from_index", b"revoked_from_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_revoked_from_index", b"_revoked_from_index", "algorithm", b"algorithm", "key_id", b"key_id", "not_after", b"not_after", "not_before", b"not_before", "private_key_present", b"private_key_present", "revoked_from_index", b"revoked_from_index", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_revocation_reason", b"_revocation_reason", "_revoked_from_index", b"_revoked_from_index", "algorithm", b"algorithm", "key_id", b"key_id", "not_after", b"not_after", "not_before", b"not_before", "private_key_present", b"private_key_present", "revocation_reason", b"revocation_reason", "revoked_from_index", b"revoked_from_index", "role", b"role", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__revocation_reason: _TypeAlias = _typing.Literal["revocation_reason"]  # noqa: Y015
+    _WhichOneofArgType__revocation_reason: _TypeAlias = _typing.Literal["_revocation_reason", b"_revocation_reason"]  # noqa: Y015
     _WhichOneofReturnType__revoked_from_index: _TypeAlias = _typing.Literal["revoked_from_index"]  # noqa: Y015
     _WhichOneofArgType__revoked_from_index: _TypeAlias = _typing.Literal["_revoked_from_index", b"_revoked_from_index"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__revocation_reason) -> _WhichOneofReturnType__revocation_reason | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__revoked_from_index) -> _WhichOneofReturnType__revoked_from_index | None: ...
 
 Global___Key: _TypeAlias = Key  # noqa: Y015
@@ -585,7 +602,9 @@ class ListKeysResponse(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___Key]:
-        """Every key of the node, current and past, sorted by role then `not_before`."""
+        """Every key of the node, current and past: the root key, the signing keys and the TLS CAs
+        the current trust statement publishes (in its order), then the TLS server key.
+        """
 
     def __init__(
         self,
@@ -634,6 +653,7 @@ class PartnerStatus(_message.Message):
     TRUST_FIELD_NUMBER: _builtins.int
     TRUST_PROBLEM_FIELD_NUMBER: _builtins.int
     UNUSABLE_FIELD_NUMBER: _builtins.int
+    LEASE_HOLDER_FIELD_NUMBER: _builtins.int
     admin: _builtins.str
     """The partner's administration code."""
     connected: _builtins.bool
@@ -664,6 +684,10 @@ class PartnerStatus(_message.Message):
     """Entries of the partner's log this node will not use: revoked (signed by a key revoked
     from an earlier index), early (signed before the key's window) or invalid.
     """
+    lease_holder: _builtins.str
+    """Name of the replica holding this partner's replication lease; absent (JSON null) when no
+    replica holds it now.
+    """
     @_builtins.property
     def trust(self) -> Global___TrustState:
         """The partner's newest trust statement held here, against its expiry."""
@@ -684,13 +708,16 @@ class PartnerStatus(_message.Message):
         trust: Global___TrustState | None = ...,
         trust_problem: _builtins.str | None = ...,
         unusable: _builtins.int = ...,
+        lease_holder: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "checkpoint_age_s", b"checkpoint_age_s", "reason", b"reason", "trust", b"trust", "trust_problem", b"trust_problem"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_lease_holder", b"_lease_holder", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "checkpoint_age_s", b"checkpoint_age_s", "lease_holder", b"lease_holder", "reason", b"reason", "trust", b"trust", "trust_problem", b"trust_problem"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size", "trust", b"trust", "trust_problem", b"trust_problem", "unusable", b"unusable", "unverified", b"unverified", "witnesses", b"witnesses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s", "_lease_holder", b"_lease_holder", "_reason", b"_reason", "_trust_problem", b"_trust_problem", "admin", b"admin", "checkpoint_age_s", b"checkpoint_age_s", "connected", b"connected", "entries", b"entries", "lease_holder", b"lease_holder", "quarantined", b"quarantined", "reason", b"reason", "suspended", b"suspended", "tree_size", b"tree_size", "trust", b"trust", "trust_problem", b"trust_problem", "unusable", b"unusable", "unverified", b"unverified", "witnesses", b"witnesses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__checkpoint_age_s: _TypeAlias = _typing.Literal["checkpoint_age_s"]  # noqa: Y015
     _WhichOneofArgType__checkpoint_age_s: _TypeAlias = _typing.Literal["_checkpoint_age_s", b"_checkpoint_age_s"]  # noqa: Y015
+    _WhichOneofReturnType__lease_holder: _TypeAlias = _typing.Literal["lease_holder"]  # noqa: Y015
+    _WhichOneofArgType__lease_holder: _TypeAlias = _typing.Literal["_lease_holder", b"_lease_holder"]  # noqa: Y015
     _WhichOneofReturnType__reason: _TypeAlias = _typing.Literal["reason"]  # noqa: Y015
     _WhichOneofArgType__reason: _TypeAlias = _typing.Literal["_reason", b"_reason"]  # noqa: Y015
     _WhichOneofReturnType__trust_problem: _TypeAlias = _typing.Literal["trust_problem"]  # noqa: Y015
@@ -698,11 +725,107 @@ class PartnerStatus(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__checkpoint_age_s) -> _WhichOneofReturnType__checkpoint_age_s | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_holder) -> _WhichOneofReturnType__lease_holder | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reason) -> _WhichOneofReturnType__reason | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__trust_problem) -> _WhichOneofReturnType__trust_problem | None: ...
 
 Global___PartnerStatus: _TypeAlias = PartnerStatus  # noqa: Y015
+
+@_typing.final
+class Replica(_message.Message):
+    """One gateway process (replica) of this administration sharing its database (an element of
+    `replicas` in `mragw status --json`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    LISTEN_FIELD_NUMBER: _builtins.int
+    ADMIN_TARGET_FIELD_NUMBER: _builtins.int
+    HTTP_URL_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The replica's name (`mragw serve --replica-name`, default "<host>-<pid>")."""
+    host: _builtins.str
+    """Host name of the machine it runs on."""
+    pid: _builtins.int
+    """Its process id on that host."""
+    listen: _builtins.str
+    """Its partner-facing listener, "HOST:PORT"; empty before it listens."""
+    admin_target: _builtins.str
+    """Its admin listener as the CLI dials it (`--target`); empty before it listens."""
+    http_url: _builtins.str
+    """Its HTTP listener's URL; empty before it listens."""
+    started_at: _builtins.str
+    """When it started, RFC 3339 UTC."""
+    heartbeat_at: _builtins.str
+    """Its last heartbeat, RFC 3339 UTC."""
+    alive: _builtins.bool
+    """True when it has not stopped and its last heartbeat is within `cluster.takeover_s`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        host: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        listen: _builtins.str = ...,
+        admin_target: _builtins.str = ...,
+        http_url: _builtins.str = ...,
+        started_at: _builtins.str = ...,
+        heartbeat_at: _builtins.str = ...,
+        alive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_target", b"admin_target", "alive", b"alive", "heartbeat_at", b"heartbeat_at", "host", b"host", "http_url", b"http_url", "listen", b"listen", "name", b"name", "pid", b"pid", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replica: _TypeAlias = Replica  # noqa: Y015
+
+@_typing.final
+class Lease(_message.Message):
+    """A lease in the database: which replica runs a partner's replication ("replication:JP") or
+    a once-per-administration job ("job:disclosure").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The lease's name."""
+    holder: _builtins.str
+    """The replica that holds (or last held) it; absent (JSON null) when never held."""
+    expires_at: _builtins.str
+    """When it expires unless renewed, RFC 3339 UTC."""
+    live: _builtins.bool
+    """True when held and not expired."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        holder: _builtins.str | None = ...,
+        expires_at: _builtins.str = ...,
+        live: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_holder", b"_holder", "holder", b"holder"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_holder", b"_holder", "expires_at", b"expires_at", "holder", b"holder", "live", b"live", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__holder: _TypeAlias = _typing.Literal["holder"]  # noqa: Y015
+    _WhichOneofArgType__holder: _TypeAlias = _typing.Literal["_holder", b"_holder"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__holder) -> _WhichOneofReturnType__holder | None: ...
+
+Global___Lease: _TypeAlias = Lease  # noqa: Y015
 
 @_typing.final
 class TrustState(_message.Message):
@@ -785,6 +908,9 @@ class GetStatusResponse(_message.Message):
     LOG_WITNESSES_FIELD_NUMBER: _builtins.int
     TRUST_FIELD_NUMBER: _builtins.int
     ALERTS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     admin: _builtins.str
     """This node's administration code."""
     log_size: _builtins.int
@@ -793,6 +919,8 @@ class GetStatusResponse(_message.Message):
     """URL of the node's HTTP listener (metrics and status page), e.g. "http://127.0.0.1:9464"."""
     log_witnesses: _builtins.int
     """Distinct partners whose cosignature on our latest checkpoint we hold."""
+    replica: _builtins.str
+    """Name of the replica that answered."""
     @_builtins.property
     def partners(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartnerStatus]:
         """Each pinned partner, sorted by administration code."""
@@ -805,6 +933,14 @@ class GetStatusResponse(_message.Message):
     def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alert]:
         """Open alerts, oldest first."""
 
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Replica]:
+        """Every replica of this administration recorded in the database."""
+
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lease]:
+        """Every lease, by name."""
+
     def __init__(
         self,
         *,
@@ -815,11 +951,652 @@ class GetStatusResponse(_message.Message):
         log_witnesses: _builtins.int = ...,
         trust: Global___TrustState | None = ...,
         alerts: _abc.Iterable[Global___Alert] | None = ...,
+        replicas: _abc.Iterable[Global___Replica] | None = ...,
+        leases: _abc.Iterable[Global___Lease] | None = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trust", b"trust"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "alerts", b"alerts", "http_url", b"http_url", "log_size", b"log_size", "log_witnesses", b"log_witnesses", "partners", b"partners", "trust", b"trust"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "alerts", b"alerts", "http_url", b"http_url", "leases", b"leases", "log_size", b"log_size", "log_witnesses", b"log_witnesses", "partners", b"partners", "replica", b"replica", "replicas", b"replicas", "trust", b"trust"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListAlertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_CLEARED_FIELD_NUMBER: _builtins.int
+    include_cleared: _builtins.bool
+    """Include alerts already cleared (default: open alerts only)."""
+    def __init__(
+        self,
+        *,
+        include_cleared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_cleared", b"include_cleared"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsRequest: _TypeAlias = ListAlertsRequest  # noqa: Y015
+
+@_typing.final
+class AlertRecord(_message.Message):
+    """One alert with its id and state (an element of `alerts` in `mragw alerts list --json`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    CLEARED_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The alert's id, what `ClearAlertsRequest.id` takes."""
+    cleared: _builtins.bool
+    """True once an operator cleared it."""
+    @_builtins.property
+    def alert(self) -> Global___Alert:
+        """What was raised, and when."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        alert: Global___Alert | None = ...,
+        cleared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "cleared", b"cleared", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertRecord: _TypeAlias = AlertRecord  # noqa: Y015
+
+@_typing.final
+class ListAlertsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertRecord]:
+        """The alerts, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___AlertRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAlertsResponse: _TypeAlias = ListAlertsResponse  # noqa: Y015
+
+@_typing.final
+class ClearAlertsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Clear this alert. No open alert with this id: INVALID_ARGUMENT naming it."""
+    subject: _builtins.str
+    """Clear every open alert about this administration code. None open: INVALID_ARGUMENT."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "selector", b"selector", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "selector", b"selector", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["id", "subject"]  # noqa: Y015
+    _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_selector) -> _WhichOneofReturnType_selector | None: ...
+
+Global___ClearAlertsRequest: _TypeAlias = ClearAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ClearAlertsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEARED_FIELD_NUMBER: _builtins.int
+    cleared: _builtins.int
+    """How many alerts were cleared (at least 1)."""
+    def __init__(
+        self,
+        *,
+        cleared: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared", b"cleared"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearAlertsResponse: _TypeAlias = ClearAlertsResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    last: _builtins.int
+    """List only the newest N actions (at least 1); absent: the whole trail."""
+    operator: _builtins.str
+    """List only the checks about this operator identifier (EORI, MID, ...; spaces and case do
+    not matter). The gateway matches it through the keyed hash agency checks are audited
+    under (HMAC with the node's audit operator key), so the identifier itself is never
+    stored. A node without that key: INVALID_ARGUMENT (it cannot tell who checked it).
+    """
+    def __init__(
+        self,
+        *,
+        last: _builtins.int | None = ...,
+        operator: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last", b"_last", "_operator", b"_operator", "last", b"last", "operator", b"operator"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last", b"_last", "_operator", b"_operator", "last", b"last", "operator", b"operator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__last: _TypeAlias = _typing.Literal["last"]  # noqa: Y015
+    _WhichOneofArgType__last: _TypeAlias = _typing.Literal["_last", b"_last"]  # noqa: Y015
+    _WhichOneofReturnType__operator: _TypeAlias = _typing.Literal["operator"]  # noqa: Y015
+    _WhichOneofArgType__operator: _TypeAlias = _typing.Literal["_operator", b"_operator"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last) -> _WhichOneofReturnType__last | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__operator) -> _WhichOneofReturnType__operator | None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditAction(_message.Message):
+    """One row of the audit trail (an element of `actions` in `mragw audit --json`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    DETAIL_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Row number, increasing."""
+    at: _builtins.str
+    """When, ISO 8601 in UTC, e.g. "2025-01-15T09:30:00.123456+00:00"."""
+    actor: _builtins.str
+    """Who: "cli", the calling local client as "ROLE:NAME" (e.g. "admin:admin@jp.mragw", the
+    certificate `mragw init` made), or "partner:XX".
+    """
+    action: _builtins.str
+    """What, e.g. "partner.add", "alerts.clear", "check"."""
+    detail_json: _builtins.str
+    """The action's detail as one JSON value: an object for every row the gateway wrote; a
+    string holding the stored text when a row's text is not JSON (an altered row).
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        at: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        detail_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "detail_json", b"detail_json", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
+
+@_typing.final
+class AuditChain(_message.Message):
+    """The verdict on the audit trail's hash chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTACT_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    BROKEN_AT_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    intact: _builtins.bool
+    """True when every row follows the previous one and none was altered."""
+    rows: _builtins.int
+    """Rows checked: all of them when intact, up to the first bad one otherwise."""
+    broken_at: _builtins.int
+    """Id of the first bad row; absent when intact."""
+    problem: _builtins.str
+    """What is wrong with it, e.g. "row 12 was altered"; absent when intact."""
+    def __init__(
+        self,
+        *,
+        intact: _builtins.bool = ...,
+        rows: _builtins.int = ...,
+        broken_at: _builtins.int | None = ...,
+        problem: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_broken_at", b"_broken_at", "_problem", b"_problem", "broken_at", b"broken_at", "problem", b"problem"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_broken_at", b"_broken_at", "_problem", b"_problem", "broken_at", b"broken_at", "intact", b"intact", "problem", b"problem", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__broken_at: _TypeAlias = _typing.Literal["broken_at"]  # noqa: Y015
+    _WhichOneofArgType__broken_at: _TypeAlias = _typing.Literal["_broken_at", b"_broken_at"]  # noqa: Y015
+    _WhichOneofReturnType__problem: _TypeAlias = _typing.Literal["problem"]  # noqa: Y015
+    _WhichOneofArgType__problem: _TypeAlias = _typing.Literal["_problem", b"_problem"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__broken_at) -> _WhichOneofReturnType__broken_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__problem) -> _WhichOneofReturnType__problem | None: ...
+
+Global___AuditChain: _TypeAlias = AuditChain  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditAction]:
+        """The rows asked for, oldest first."""
+
+    @_builtins.property
+    def chain(self) -> Global___AuditChain:
+        """The chain over the whole trail, read in the same snapshot as `actions`."""
+
+    def __init__(
+        self,
+        *,
+        actions: _abc.Iterable[Global___AuditAction] | None = ...,
+        chain: Global___AuditChain | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "chain", b"chain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
+
+@_typing.final
+class ListClientsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientsRequest: _TypeAlias = ListClientsRequest  # noqa: Y015
+
+@_typing.final
+class LocalClient(_message.Message):
+    """A local client of this node: a certificate of the node's CA with one role."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    ADDED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The client's name (its certificate's common name)."""
+    role: _builtins.str
+    """"admin", "risk-engine" or "agency"."""
+    state: _builtins.str
+    """"active", "expired" or "revoked"."""
+    serial: _builtins.str
+    """The certificate's serial number, hex."""
+    fingerprint: _builtins.str
+    """SHA-256 of the certificate's DER, lowercase hex: what revocation is matched on."""
+    not_after: _builtins.str
+    """End of the certificate's validity, ISO 8601 in UTC to the second."""
+    added_at: _builtins.str
+    """When it was added, ISO 8601 in UTC to the second."""
+    revoked_at: _builtins.str
+    """When it was revoked, ISO 8601 in UTC to the second; absent when not revoked."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        state: _builtins.str = ...,
+        serial: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        not_after: _builtins.str = ...,
+        added_at: _builtins.str = ...,
+        revoked_at: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_revoked_at", b"_revoked_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_revoked_at", b"_revoked_at", "added_at", b"added_at", "fingerprint", b"fingerprint", "name", b"name", "not_after", b"not_after", "revoked_at", b"revoked_at", "role", b"role", "serial", b"serial", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__revoked_at: _TypeAlias = _typing.Literal["revoked_at"]  # noqa: Y015
+    _WhichOneofArgType__revoked_at: _TypeAlias = _typing.Literal["_revoked_at", b"_revoked_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__revoked_at) -> _WhichOneofReturnType__revoked_at | None: ...
+
+Global___LocalClient: _TypeAlias = LocalClient  # noqa: Y015
+
+@_typing.final
+class ListClientsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalClient]:
+        """Every local client ever added, sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        clients: _abc.Iterable[Global___LocalClient] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClientsResponse: _TypeAlias = ListClientsResponse  # noqa: Y015
+
+@_typing.final
+class RevokeClientRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The client's name. Unknown or already revoked: INVALID_ARGUMENT naming it, nothing changes."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeClientRequest: _TypeAlias = RevokeClientRequest  # noqa: Y015
+
+@_typing.final
+class RevokeClientResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def client(self) -> Global___LocalClient:
+        """The client after the change."""
+
+    def __init__(
+        self,
+        *,
+        client: Global___LocalClient | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeClientResponse: _TypeAlias = RevokeClientResponse  # noqa: Y015
+
+@_typing.final
+class GetTrustRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustRequest: _TypeAlias = GetTrustRequest  # noqa: Y015
+
+@_typing.final
+class GetTrustResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADMIN_FIELD_NUMBER: _builtins.int
+    TRUST_VERSION_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    ROOT_KEY_FIELD_NUMBER: _builtins.int
+    SIGNING_KEYS_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    admin: _builtins.str
+    """This node's administration code."""
+    trust_version: _builtins.int
+    """Version of the current trust statement."""
+    expires: _builtins.str
+    """Its expiry, "YYYY-MM-DDTHH:MM:SSZ"."""
+    root_key: _builtins.str
+    """Fingerprint of the root key that signed it (64 lowercase hex characters)."""
+    @_builtins.property
+    def signing_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the signing keys it publishes, in its order."""
+
+    @_builtins.property
+    def expiry(self) -> Global___TrustState:
+        """Where it stands against its expiry (status warns inside the warning period)."""
+
+    def __init__(
+        self,
+        *,
+        admin: _builtins.str = ...,
+        trust_version: _builtins.int = ...,
+        expires: _builtins.str = ...,
+        root_key: _builtins.str = ...,
+        signing_keys: _abc.Iterable[_builtins.str] | None = ...,
+        expiry: Global___TrustState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiry", b"expiry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "expires", b"expires", "expiry", b"expiry", "root_key", b"root_key", "signing_keys", b"signing_keys", "trust_version", b"trust_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustResponse: _TypeAlias = GetTrustResponse  # noqa: Y015
+
+@_typing.final
+class RepublishRecordsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepublishRecordsRequest: _TypeAlias = RepublishRecordsRequest  # noqa: Y015
+
+@_typing.final
+class RepublishRecordsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPUBLISHED_FIELD_NUMBER: _builtins.int
+    republished: _builtins.int
+    """Records re-published by this call (0 when nothing was left to re-sign)."""
+    def __init__(
+        self,
+        *,
+        republished: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["republished", b"republished"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepublishRecordsResponse: _TypeAlias = RepublishRecordsResponse  # noqa: Y015
+
+@_typing.final
+class GetEvidenceRequest(_message.Message):
+    """One recognition question, in the terms `mragw evidence` takes (the gateway validates each
+    value and names a bad one: INVALID_ARGUMENT).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATOR_ID_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SCHEME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    operator_id: _builtins.str
+    """Any identifier of the operator: EORI, MID, TIN, national code or authorisation number."""
+    issuer: _builtins.str
+    """The issuing administration (a union code matches its member states' records)."""
+    at: _builtins.str
+    """The date, "YYYY-MM-DD"; absent: today in the node's time zone."""
+    mode: _builtins.str
+    """Transport mode: "road", "air", "sea" or "rail"; absent: any."""
+    scheme: _builtins.str
+    """Scheme of `operator_id`: "EORI", "MID", "TIN", "NATIONAL" or "AUTH"; absent: any."""
+    type: _builtins.str
+    """Prove the answer for this programme type; absent: the recognised type, else the first
+    type with a status on the date.
+    """
+    strict: _builtins.bool
+    """Never use a signature date for an effective date."""
+    def __init__(
+        self,
+        *,
+        operator_id: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+        at: _builtins.str | None = ...,
+        mode: _builtins.str | None = ...,
+        scheme: _builtins.str | None = ...,
+        type: _builtins.str | None = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_at", b"_at", "_mode", b"_mode", "_scheme", b"_scheme", "_type", b"_type", "at", b"at", "mode", b"mode", "scheme", b"scheme", "type", b"type"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_at", b"_at", "_mode", b"_mode", "_scheme", b"_scheme", "_type", b"_type", "at", b"at", "issuer", b"issuer", "mode", b"mode", "operator_id", b"operator_id", "scheme", b"scheme", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__at: _TypeAlias = _typing.Literal["at"]  # noqa: Y015
+    _WhichOneofArgType__at: _TypeAlias = _typing.Literal["_at", b"_at"]  # noqa: Y015
+    _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
+    _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
+    _WhichOneofReturnType__scheme: _TypeAlias = _typing.Literal["scheme"]  # noqa: Y015
+    _WhichOneofArgType__scheme: _TypeAlias = _typing.Literal["_scheme", b"_scheme"]  # noqa: Y015
+    _WhichOneofReturnType__type: _TypeAlias = _typing.Literal["type"]  # noqa: Y015
+    _WhichOneofArgType__type: _TypeAlias = _typing.Literal["_type", b"_type"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__at) -> _WhichOneofReturnType__at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scheme) -> _WhichOneofReturnType__scheme | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__type) -> _WhichOneofReturnType__type | None: ...
+
+Global___GetEvidenceRequest: _TypeAlias = GetEvidenceRequest  # noqa: Y015
+
+@_typing.final
+class GetEvidenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    TRUSTED_ROOTS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    bundle: _builtins.bytes
+    """The bundle file, byte for byte (JSON, format in docs/evidence.md)."""
+    @_builtins.property
+    def trusted_roots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Root key fingerprints the gateway verified the bundle against: the issuer's and each
+        listed witness's (this node's among them). A client verifies it again with these.
+        """
+
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stored cosignatures left out because they did not verify, one line each, naming the
+        witness and why.
+        """
+
+    def __init__(
+        self,
+        *,
+        bundle: _builtins.bytes = ...,
+        trusted_roots: _abc.Iterable[_builtins.str] | None = ...,
+        skipped: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "skipped", b"skipped", "trusted_roots", b"trusted_roots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvidenceResponse: _TypeAlias = GetEvidenceResponse  # noqa: Y015
+
+@_typing.final
+class UseDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """The dataset, in the mra-facts.json format, as bytes (at most `limits.max_message_bytes`
+    with the rest of the request).
+    """
+    source: _builtins.str
+    """Where the operator took it from (a file name), recorded in the audit trail."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseDatasetRequest: _TypeAlias = UseDatasetRequest  # noqa: Y015
+
+@_typing.final
+class UseDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """The dataset's version, now active."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseDatasetResponse: _TypeAlias = UseDatasetResponse  # noqa: Y015

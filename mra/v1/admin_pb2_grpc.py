@@ -26,11 +26,11 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Publishes records and manages partners and keys.
+    """Publishes records; manages partners, keys, alerts and local clients; lists the audit trail.
 
     Room for later additions (new methods, never changes to these): key rotation and revocation
     (`RotateKey`, `RevokeKey`), trust statement renewal, registry dataset switching, erasure and
-    pruning, local client management.
+    pruning.
     """
 
     def __init__(self, channel):
@@ -84,14 +84,59 @@ class AdminServiceStub:
                 request_serializer=mra_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=mra_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/mra.v1.AdminService/ListAlerts',
+                request_serializer=mra_dot_v1_dot_admin__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.ClearAlerts = channel.unary_unary(
+                '/mra.v1.AdminService/ClearAlerts',
+                request_serializer=mra_dot_v1_dot_admin__pb2.ClearAlertsRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.ClearAlertsResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/mra.v1.AdminService/ListAudit',
+                request_serializer=mra_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.ListClients = channel.unary_unary(
+                '/mra.v1.AdminService/ListClients',
+                request_serializer=mra_dot_v1_dot_admin__pb2.ListClientsRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.ListClientsResponse.FromString,
+                _registered_method=True)
+        self.RevokeClient = channel.unary_unary(
+                '/mra.v1.AdminService/RevokeClient',
+                request_serializer=mra_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.RevokeClientResponse.FromString,
+                _registered_method=True)
+        self.GetTrust = channel.unary_unary(
+                '/mra.v1.AdminService/GetTrust',
+                request_serializer=mra_dot_v1_dot_admin__pb2.GetTrustRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.GetTrustResponse.FromString,
+                _registered_method=True)
+        self.RepublishRecords = channel.unary_unary(
+                '/mra.v1.AdminService/RepublishRecords',
+                request_serializer=mra_dot_v1_dot_admin__pb2.RepublishRecordsRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.RepublishRecordsResponse.FromString,
+                _registered_method=True)
+        self.GetEvidence = channel.unary_unary(
+                '/mra.v1.AdminService/GetEvidence',
+                request_serializer=mra_dot_v1_dot_admin__pb2.GetEvidenceRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.GetEvidenceResponse.FromString,
+                _registered_method=True)
+        self.UseDataset = channel.unary_unary(
+                '/mra.v1.AdminService/UseDataset',
+                request_serializer=mra_dot_v1_dot_admin__pb2.UseDatasetRequest.SerializeToString,
+                response_deserializer=mra_dot_v1_dot_admin__pb2.UseDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """Publishes records and manages partners and keys.
+    """Publishes records; manages partners, keys, alerts and local clients; lists the audit trail.
 
     Room for later additions (new methods, never changes to these): key rotation and revocation
     (`RotateKey`, `RevokeKey`), trust statement renewal, registry dataset switching, erasure and
-    pruning, local client management.
+    pruning.
     """
 
     def Publish(self, request_iterator, context):
@@ -160,6 +205,80 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAlerts(self, request, context):
+        """Lists alerts, oldest first: the open ones, or every one ever raised (`mragw alerts list`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearAlerts(self, request, context):
+        """Clears one alert by id, or every open alert about one administration, after an operator
+        investigated it. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Lists the audit trail, oldest first, with the verdict on its hash chain over the same rows
+        (`mragw audit`). A broken chain is an answer (`chain.intact` false), not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClients(self, request, context):
+        """Lists the local clients added to this node, by name, with their state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeClient(self, request, context):
+        """Revokes a local client's certificate. Audited. Every replica of the node refuses the
+        certificate from its next refresh, without a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrust(self, request, context):
+        """Reports this administration's current trust statement: version, expiry, root and signing
+        keys, and where it stands against its expiry (`mragw trust show`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepublishRecords(self, request, context):
+        """Re-signs with a valid key the records of our entries a signing key revocation made
+        unusable, appending them as new entries (`mragw keys republish`). Idempotent. Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvidence(self, request, context):
+        """Answers one recognition question and returns a self-contained evidence bundle for the
+        answer (`mragw evidence`): the signed entry, its inclusion proof, the checkpoint with
+        cosignatures, trust chains, the record and the registry dataset. The gateway verifies the
+        bundle before returning it. Nothing to prove (unknown operator, no status on the date, an
+        entry not yet under a checkpoint held here): INVALID_ARGUMENT saying why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UseDataset(self, request, context):
+        """Validates a registry dataset and makes it the one this node answers with, on every replica
+        (`mragw registry use`). Audited. An invalid dataset: INVALID_ARGUMENT naming the problem,
+        nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +327,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=mra_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=mra_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
             ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.ListAlertsRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'ClearAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearAlerts,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.ClearAlertsRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.ClearAlertsResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClients,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.ListClientsRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.ListClientsResponse.SerializeToString,
+            ),
+            'RevokeClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeClient,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.RevokeClientRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.RevokeClientResponse.SerializeToString,
+            ),
+            'GetTrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrust,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.GetTrustRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.GetTrustResponse.SerializeToString,
+            ),
+            'RepublishRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepublishRecords,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.RepublishRecordsRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.RepublishRecordsResponse.SerializeToString,
+            ),
+            'GetEvidence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvidence,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.GetEvidenceRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.GetEvidenceResponse.SerializeToString,
+            ),
+            'UseDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.UseDataset,
+                    request_deserializer=mra_dot_v1_dot_admin__pb2.UseDatasetRequest.FromString,
+                    response_serializer=mra_dot_v1_dot_admin__pb2.UseDatasetResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mra.v1.AdminService', rpc_method_handlers)
@@ -217,11 +381,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Publishes records and manages partners and keys.
+    """Publishes records; manages partners, keys, alerts and local clients; lists the audit trail.
 
     Room for later additions (new methods, never changes to these): key rotation and revocation
     (`RotateKey`, `RevokeKey`), trust statement renewal, registry dataset switching, erasure and
-    pruning, local client management.
+    pruning.
     """
 
     @staticmethod
@@ -457,6 +621,249 @@ class AdminService:
             '/mra.v1.AdminService/GetStatus',
             mra_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             mra_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/ListAlerts',
+            mra_dot_v1_dot_admin__pb2.ListAlertsRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/ClearAlerts',
+            mra_dot_v1_dot_admin__pb2.ClearAlertsRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.ClearAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/ListAudit',
+            mra_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/ListClients',
+            mra_dot_v1_dot_admin__pb2.ListClientsRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.ListClientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/RevokeClient',
+            mra_dot_v1_dot_admin__pb2.RevokeClientRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.RevokeClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/GetTrust',
+            mra_dot_v1_dot_admin__pb2.GetTrustRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.GetTrustResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepublishRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/RepublishRecords',
+            mra_dot_v1_dot_admin__pb2.RepublishRecordsRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.RepublishRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/GetEvidence',
+            mra_dot_v1_dot_admin__pb2.GetEvidenceRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.GetEvidenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UseDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mra.v1.AdminService/UseDataset',
+            mra_dot_v1_dot_admin__pb2.UseDatasetRequest.SerializeToString,
+            mra_dot_v1_dot_admin__pb2.UseDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

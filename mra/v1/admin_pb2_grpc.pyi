@@ -32,11 +32,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """Publishes records and manages partners and keys.
+    """Publishes records; manages partners, keys, alerts and local clients; lists the audit trail.
 
     Room for later additions (new methods, never changes to these): key rotation and revocation
     (`RotateKey`, `RevokeKey`), trust statement renewal, registry dataset switching, erasure and
-    pruning, local client management.
+    pruning.
     """
 
     @_typing.overload
@@ -65,14 +65,50 @@ class AdminServiceStub:
     """Lists this node's keys."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]
     """Reports the node's log and the state of each partner, mirroring `mragw status --json`."""
+    ListAlerts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAlertsRequest, _admin_pb2.ListAlertsResponse]
+    """Lists alerts, oldest first: the open ones, or every one ever raised (`mragw alerts list`)."""
+    ClearAlerts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearAlertsRequest, _admin_pb2.ClearAlertsResponse]
+    """Clears one alert by id, or every open alert about one administration, after an operator
+    investigated it. Audited.
+    """
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
+    """Lists the audit trail, oldest first, with the verdict on its hash chain over the same rows
+    (`mragw audit`). A broken chain is an answer (`chain.intact` false), not an error.
+    """
+    ListClients: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListClientsRequest, _admin_pb2.ListClientsResponse]
+    """Lists the local clients added to this node, by name, with their state."""
+    RevokeClient: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeClientRequest, _admin_pb2.RevokeClientResponse]
+    """Revokes a local client's certificate. Audited. Every replica of the node refuses the
+    certificate from its next refresh, without a restart.
+    """
+    GetTrust: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetTrustRequest, _admin_pb2.GetTrustResponse]
+    """Reports this administration's current trust statement: version, expiry, root and signing
+    keys, and where it stands against its expiry (`mragw trust show`).
+    """
+    RepublishRecords: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RepublishRecordsRequest, _admin_pb2.RepublishRecordsResponse]
+    """Re-signs with a valid key the records of our entries a signing key revocation made
+    unusable, appending them as new entries (`mragw keys republish`). Idempotent. Audited.
+    """
+    GetEvidence: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetEvidenceRequest, _admin_pb2.GetEvidenceResponse]
+    """Answers one recognition question and returns a self-contained evidence bundle for the
+    answer (`mragw evidence`): the signed entry, its inclusion proof, the checkpoint with
+    cosignatures, trust chains, the record and the registry dataset. The gateway verifies the
+    bundle before returning it. Nothing to prove (unknown operator, no status on the date, an
+    entry not yet under a checkpoint held here): INVALID_ARGUMENT saying why.
+    """
+    UseDataset: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UseDatasetRequest, _admin_pb2.UseDatasetResponse]
+    """Validates a registry dataset and makes it the one this node answers with, on every replica
+    (`mragw registry use`). Audited. An invalid dataset: INVALID_ARGUMENT naming the problem,
+    nothing changes.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """Publishes records and manages partners and keys.
+    """Publishes records; manages partners, keys, alerts and local clients; lists the audit trail.
 
     Room for later additions (new methods, never changes to these): key rotation and revocation
     (`RotateKey`, `RevokeKey`), trust statement renewal, registry dataset switching, erasure and
-    pruning, local client management.
+    pruning.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -98,13 +134,49 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lists this node's keys."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]  # type: ignore[assignment]
     """Reports the node's log and the state of each partner, mirroring `mragw status --json`."""
+    ListAlerts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAlertsRequest, _admin_pb2.ListAlertsResponse]  # type: ignore[assignment]
+    """Lists alerts, oldest first: the open ones, or every one ever raised (`mragw alerts list`)."""
+    ClearAlerts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearAlertsRequest, _admin_pb2.ClearAlertsResponse]  # type: ignore[assignment]
+    """Clears one alert by id, or every open alert about one administration, after an operator
+    investigated it. Audited.
+    """
+    ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """Lists the audit trail, oldest first, with the verdict on its hash chain over the same rows
+    (`mragw audit`). A broken chain is an answer (`chain.intact` false), not an error.
+    """
+    ListClients: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListClientsRequest, _admin_pb2.ListClientsResponse]  # type: ignore[assignment]
+    """Lists the local clients added to this node, by name, with their state."""
+    RevokeClient: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeClientRequest, _admin_pb2.RevokeClientResponse]  # type: ignore[assignment]
+    """Revokes a local client's certificate. Audited. Every replica of the node refuses the
+    certificate from its next refresh, without a restart.
+    """
+    GetTrust: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetTrustRequest, _admin_pb2.GetTrustResponse]  # type: ignore[assignment]
+    """Reports this administration's current trust statement: version, expiry, root and signing
+    keys, and where it stands against its expiry (`mragw trust show`).
+    """
+    RepublishRecords: _aio.UnaryUnaryMultiCallable[_admin_pb2.RepublishRecordsRequest, _admin_pb2.RepublishRecordsResponse]  # type: ignore[assignment]
+    """Re-signs with a valid key the records of our entries a signing key revocation made
+    unusable, appending them as new entries (`mragw keys republish`). Idempotent. Audited.
+    """
+    GetEvidence: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetEvidenceRequest, _admin_pb2.GetEvidenceResponse]  # type: ignore[assignment]
+    """Answers one recognition question and returns a self-contained evidence bundle for the
+    answer (`mragw evidence`): the signed entry, its inclusion proof, the checkpoint with
+    cosignatures, trust chains, the record and the registry dataset. The gateway verifies the
+    bundle before returning it. Nothing to prove (unknown operator, no status on the date, an
+    entry not yet under a checkpoint held here): INVALID_ARGUMENT saying why.
+    """
+    UseDataset: _aio.UnaryUnaryMultiCallable[_admin_pb2.UseDatasetRequest, _admin_pb2.UseDatasetResponse]  # type: ignore[assignment]
+    """Validates a registry dataset and makes it the one this node answers with, on every replica
+    (`mragw registry use`). Audited. An invalid dataset: INVALID_ARGUMENT naming the problem,
+    nothing changes.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Publishes records and manages partners and keys.
+    """Publishes records; manages partners, keys, alerts and local clients; lists the audit trail.
 
     Room for later additions (new methods, never changes to these): key rotation and revocation
     (`RotateKey`, `RevokeKey`), trust statement renewal, registry dataset switching, erasure and
-    pruning, local client management.
+    pruning.
     """
 
     @_abc_1.abstractmethod
@@ -182,5 +254,95 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetStatusResponse, _abc.Awaitable[_admin_pb2.GetStatusResponse]]:
         """Reports the node's log and the state of each partner, mirroring `mragw status --json`."""
+
+    @_abc_1.abstractmethod
+    def ListAlerts(
+        self,
+        request: _admin_pb2.ListAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAlertsResponse, _abc.Awaitable[_admin_pb2.ListAlertsResponse]]:
+        """Lists alerts, oldest first: the open ones, or every one ever raised (`mragw alerts list`)."""
+
+    @_abc_1.abstractmethod
+    def ClearAlerts(
+        self,
+        request: _admin_pb2.ClearAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ClearAlertsResponse, _abc.Awaitable[_admin_pb2.ClearAlertsResponse]]:
+        """Clears one alert by id, or every open alert about one administration, after an operator
+        investigated it. Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _admin_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
+        """Lists the audit trail, oldest first, with the verdict on its hash chain over the same rows
+        (`mragw audit`). A broken chain is an answer (`chain.intact` false), not an error.
+        """
+
+    @_abc_1.abstractmethod
+    def ListClients(
+        self,
+        request: _admin_pb2.ListClientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListClientsResponse, _abc.Awaitable[_admin_pb2.ListClientsResponse]]:
+        """Lists the local clients added to this node, by name, with their state."""
+
+    @_abc_1.abstractmethod
+    def RevokeClient(
+        self,
+        request: _admin_pb2.RevokeClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeClientResponse, _abc.Awaitable[_admin_pb2.RevokeClientResponse]]:
+        """Revokes a local client's certificate. Audited. Every replica of the node refuses the
+        certificate from its next refresh, without a restart.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrust(
+        self,
+        request: _admin_pb2.GetTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetTrustResponse, _abc.Awaitable[_admin_pb2.GetTrustResponse]]:
+        """Reports this administration's current trust statement: version, expiry, root and signing
+        keys, and where it stands against its expiry (`mragw trust show`).
+        """
+
+    @_abc_1.abstractmethod
+    def RepublishRecords(
+        self,
+        request: _admin_pb2.RepublishRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RepublishRecordsResponse, _abc.Awaitable[_admin_pb2.RepublishRecordsResponse]]:
+        """Re-signs with a valid key the records of our entries a signing key revocation made
+        unusable, appending them as new entries (`mragw keys republish`). Idempotent. Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def GetEvidence(
+        self,
+        request: _admin_pb2.GetEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetEvidenceResponse, _abc.Awaitable[_admin_pb2.GetEvidenceResponse]]:
+        """Answers one recognition question and returns a self-contained evidence bundle for the
+        answer (`mragw evidence`): the signed entry, its inclusion proof, the checkpoint with
+        cosignatures, trust chains, the record and the registry dataset. The gateway verifies the
+        bundle before returning it. Nothing to prove (unknown operator, no status on the date, an
+        entry not yet under a checkpoint held here): INVALID_ARGUMENT saying why.
+        """
+
+    @_abc_1.abstractmethod
+    def UseDataset(
+        self,
+        request: _admin_pb2.UseDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UseDatasetResponse, _abc.Awaitable[_admin_pb2.UseDatasetResponse]]:
+        """Validates a registry dataset and makes it the one this node answers with, on every replica
+        (`mragw registry use`). Audited. An invalid dataset: INVALID_ARGUMENT naming the problem,
+        nothing changes.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

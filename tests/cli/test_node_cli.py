@@ -58,6 +58,8 @@ def test_init_creates_a_node_with_private_keys_0600(tmp_path: Path) -> None:
         "alerts": [],
         "http_url": None,
         "metrics_url": None,  # no gateway running
+        "replicas": [],  # no replica has served this node yet
+        "leases": [],
     }
 
 

@@ -217,12 +217,15 @@ def test_check_response_mirrors_the_json_contract() -> None:
         "trust",
         "trust_problem",
         "unusable",
+        # Scale-out: the replica holding its replication lease.
+        "lease_holder",
     }
     # JSON null: absent operator, absent arrangement, absent checkpoint age.
     answer = query_pb2.CheckResponse(issuer="DE", at="2026-11-27")
     assert not answer.HasField("operator")
     assert not query_pb2.Reason(code="UNKNOWN_OPERATOR").HasField("arrangement")
     assert not admin_pb2.PartnerStatus(admin="JP").HasField("checkpoint_age_s")
+    assert not admin_pb2.PartnerStatus(admin="JP").HasField("lease_holder")
 
 
 def test_payload_types_are_attached_to_their_messages() -> None:
@@ -316,6 +319,15 @@ UNARY, SERVER_STREAM, CLIENT_STREAM = (False, False), (False, True), (True, Fals
                 "SetPartnerEndpoint": UNARY,
                 "ListKeys": UNARY,
                 "GetStatus": UNARY,
+                "ListAlerts": UNARY,
+                "ClearAlerts": UNARY,
+                "ListAudit": UNARY,
+                "ListClients": UNARY,
+                "RevokeClient": UNARY,
+                "GetTrust": UNARY,
+                "RepublishRecords": UNARY,
+                "GetEvidence": UNARY,
+                "UseDataset": UNARY,
             },
             id="admin",
         ),
