@@ -54,6 +54,7 @@ from gateway.storage.schema import (
     record_feed,
     records,
 )
+from gateway.storage.tiles import lock_log
 from gateway.verification import NOTICE, EntryCheck, store_outcomes
 
 __all__ = [
@@ -299,13 +300,12 @@ async def erase_operator(
         )
     admin = node.admin
     day = today or node.config.today()
-    log = IssuerLog(node)
     audit_key = operator_key(node.paths.keys / OPERATOR_KEY_FILE)
     async with node.engine.begin() as conn:
         await secure_delete(conn)
         _, entry_signer = await node.active_signers(conn)
         # The log's write lock first: no append can interleave with the erasure.
-        await log.append_signed(conn, [], actor=actor)
+        await lock_log(conn, admin)
         about = await _entries_about(conn, admin, value)
         if not about:
             raise InputError(

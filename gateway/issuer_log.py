@@ -64,7 +64,7 @@ from gateway.storage.schema import (
     logs,
     partners,
 )
-from gateway.storage.tiles import store_append
+from gateway.storage.tiles import lock_log, store_append
 from gateway.storage.upsert import upsert
 from registry.errors import QuestionError
 from registry.resolver import Recogniser
@@ -492,9 +492,7 @@ class IssuerLog:
             return False
         signers = await self.node.checkpoint_signers(conn)
         # Take the log's write lock, then re-read: an append may have moved the head.
-        await conn.execute(
-            update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)
-        )
+        await lock_log(conn, admin)
         row = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
         note = sign_head(
             Checkpoint(origin=self.node.origin, size=int(row.size), root_hash=bytes(row.root)),
@@ -518,9 +516,7 @@ class IssuerLog:
         recognition = recogniser if isinstance(recogniser, Recognition) else Recognition(recogniser)
         async with self.node.engine.begin() as conn:
             # 1. Take the log's write lock before reading its head.
-            await conn.execute(
-                update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)
-            )
+            await lock_log(conn, admin)
             head = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
             # 2. Drop what the log already holds (idempotent publish), and repeats in the chunk.
             known = await existing_values(
@@ -638,9 +634,7 @@ class IssuerLog:
         they commit with whatever they announce: the same lock, tiles, entitlement rows and
         signed head as :meth:`append`, without the record index or idempotency digest."""
         admin = self.node.admin
-        await conn.execute(
-            update(logs).where(logs.c.code == admin).values(lock_seq=logs.c.lock_seq + 1)
-        )
+        await lock_log(conn, admin)
         head = (await conn.execute(select(logs).where(logs.c.code == admin))).one()
         if not items:
             return PublishResult(0, 0, int(head.size), head.checkpoint or "", None)

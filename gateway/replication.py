@@ -43,7 +43,7 @@ from gateway.record_index import IndexedEntry, index_records
 from gateway.records import Record
 from gateway.storage.bulk import insert_rows
 from gateway.storage.schema import entries, logs
-from gateway.storage.tiles import apply_tile_updates
+from gateway.storage.tiles import apply_tile_updates, lock_log
 from gateway.trust import SigningKey, TrustStatement
 from gateway.verification import (
     EntryCheck,
@@ -303,7 +303,7 @@ async def verify_batch(
 async def store_batch(conn: AsyncConnection, code: str, verified: VerifiedBatch) -> None:
     """Store a verified batch; the caller's transaction makes it atomic."""
     # Lock the replica's head so two replicators of one partner can never interleave.
-    await conn.execute(update(logs).where(logs.c.code == code).values(lock_seq=logs.c.lock_seq + 1))
+    await lock_log(conn, code)
     size = (await conn.execute(select(logs.c.size).where(logs.c.code == code))).scalar_one()
     if size != verified.start:
         raise ReplicationFaultError("race", f"replica of {code} moved to {size} while verifying")

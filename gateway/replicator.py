@@ -215,6 +215,7 @@ class ReplicatorStatus:
         self.faults[kind] = self.faults.get(kind, 0) + 1
         self.recent_faults.append((time.time(), kind, message[:500]))
 
+
 # Verified batches waiting to be stored, at most: beyond that the receive path stops reading
 # the stream, so gRPC flow control holds the partner back (bounded memory).
 QUEUE_BATCHES = 16

@@ -61,7 +61,7 @@ from gateway.node import Node, now_utc
 from gateway.partners import UnknownPartnerError, partner_statement, quarantine
 from gateway.replication import ReplicationFaultError, verify_note
 from gateway.storage.schema import alerts, cosignatures, logs, partners, witnessed
-from gateway.storage.tiles import root_at
+from gateway.storage.tiles import lock_log, root_at
 from gateway.storage.upsert import insert_ignore
 from gateway.trust import TrustStatement, witness_name
 
@@ -343,7 +343,7 @@ class _Replica:
 async def _lock_replica(conn: AsyncConnection, code: str) -> _Replica | None:
     # Taking the head row's write lock first (as appends and replication do) makes the
     # compare-then-write below atomic with respect to them and to other exchanges.
-    await conn.execute(update(logs).where(logs.c.code == code).values(lock_seq=logs.c.lock_seq + 1))
+    await lock_log(conn, code)
     row = (await conn.execute(select(logs).where(logs.c.code == code))).one_or_none()
     if row is None:
         return None

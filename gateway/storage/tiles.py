@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crypto.merkle import (
@@ -26,6 +26,14 @@ from crypto.merkle import (
 )
 from gateway.storage.schema import logs, tiles
 from gateway.storage.upsert import upsert
+
+
+async def lock_log(conn: AsyncConnection, log: str) -> None:
+    """Take ``log``'s write lock for the caller's transaction: a row lock on the head row on
+    PostgreSQL, the database write lock on SQLite. Every writer of a log's entries, tiles or
+    head takes it first and reads the head after it, so writers from any process or replica
+    serialise and none can fork or gap the log."""
+    await conn.execute(update(logs).where(logs.c.code == log).values(lock_seq=logs.c.lock_seq + 1))
 
 
 async def create_empty_log(
